@@ -1,0 +1,313 @@
+"""The parsing module: request bytes in, typed Bot Framework models out, or one `InvalidActivity`.
+
+Each function calls exactly one entry point (`parse_handoff_initiate`, `parse_bot_activity`); nothing
+else in the code touches raw dicts. Only what the product reads is validated: the transcript's activities
+are passed through untouched (they go to the hub and to storage as received), so parsing a large
+transcript costs about one JSON parse. JSON is parsed by pydantic-core's parser (jiter), which is faster
+than `json.loads` and refuses nesting deeper than 200 levels with a ValueError instead of a RecursionError.
+
+This module imports nothing of storage or HTTP, so it stays cheap to import and easy to test.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import from_json
+
+from shared.errors import InvalidActivity
+
+HANDOFF_EVENT_NAME = "handoff.initiate"
+HANDOFF_INVOKE_NAME = "handoff/action"
+_BOM = b"\xef\xbb\xbf"
+MAX_ID_LENGTH = 1024
+
+
+class _Model(BaseModel):
+    """Unknown fields are kept (extra="allow"): what we pass on goes on as it came."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ChannelAccount(_Model):
+    id: str | None = None
+    name: str | None = None
+    role: str | None = None
+    aad_object_id: str | None = Field(default=None, alias="aadObjectId")
+
+
+class ConversationAccount(_Model):
+    id: str | None = None
+    name: str | None = None
+    conversation_type: str | None = Field(default=None, alias="conversationType")
+    tenant_id: str | None = Field(default=None, alias="tenantId")
+
+
+class ConversationReference(_Model):
+    activity_id: str | None = Field(default=None, alias="activityId")
+    user: ChannelAccount | None = None
+    bot: ChannelAccount | None = None
+    conversation: ConversationAccount | None = None
+    channel_id: str | None = Field(default=None, alias="channelId")
+    service_url: str | None = Field(default=None, alias="serviceUrl")
+
+
+class Attachment(_Model):
+    content_type: str | None = Field(default=None, alias="contentType")
+    content_url: str | None = Field(default=None, alias="contentUrl")
+    content: Any = None
+    name: str | None = None
+
+
+class TenantInfo(_Model):
+    id: str | None = None
+
+
+class TeamsChannelData(_Model):
+    tenant: TenantInfo | None = None
+
+
+class Activity(_Model):
+    """The Bot Framework activity fields this product reads; everything else is kept as extra."""
+
+    type: str
+    id: str | None = None
+    name: str | None = None
+    timestamp: str | None = None
+    channel_id: str | None = Field(default=None, alias="channelId")
+    service_url: str | None = Field(default=None, alias="serviceUrl")
+    from_: ChannelAccount | None = Field(default=None, alias="from")
+    recipient: ChannelAccount | None = None
+    conversation: ConversationAccount | None = None
+    attachments: list[Attachment] | None = None
+    entities: list[Any] | None = None
+    channel_data: Any = Field(default=None, alias="channelData")
+    value: Any = None
+    reply_to_id: str | None = Field(default=None, alias="replyToId")
+    relates_to: ConversationReference | None = Field(default=None, alias="relatesTo")
+    locale: str | None = None
+
+    @property
+    def tenant_id(self) -> str | None:
+        """`conversation.tenantId`, falling back to Teams' `channelData.tenant.id`."""
+        if self.conversation is not None and self.conversation.tenant_id:
+            return self.conversation.tenant_id
+        if isinstance(self.channel_data, dict):
+            try:
+                tenant = TeamsChannelData.model_validate(self.channel_data).tenant
+            except ValidationError:
+                return None
+            return tenant.id if tenant else None
+        return None
+
+
+class HandoffContext(_Model):
+    """The `va_*` variables of a Copilot Studio handoff, plus any user-defined topic variables (kept as extra)."""
+
+    scope: str | None = Field(default=None, alias="va_Scope")
+    last_topic: str | None = Field(default=None, alias="va_LastTopic")
+    topics: list[str] | None = Field(default=None, alias="va_Topics")
+    # Copilot Studio sends va_LastPhrase; the documentation spells it va_LastPhrases. Both are accepted.
+    last_phrase: str | None = Field(default=None, validation_alias=AliasChoices("va_LastPhrase", "va_LastPhrases"))
+    phrases: list[str] | None = Field(default=None, alias="va_Phrases")
+    conversation_id: str | None = Field(default=None, alias="va_ConversationId")
+    agent_message: str | None = Field(default=None, alias="va_AgentMessage")
+    bot_id: str | None = Field(default=None, alias="va_BotId")
+    bot_name: str | None = Field(default=None, alias="va_BotName")
+    language: str | None = Field(default=None, alias="va_Language")
+
+    @field_validator("topics", "phrases", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class HandoffActionValue(_Model):
+    """`value` of the Teams `handoff/action` invoke."""
+
+    continuation: str
+
+
+class Transcript:
+    """The conversation so far: inline JSON text `{"activities": [...]}`, or a `contentUrl` reference.
+
+    Inline text arriving as a JSON string is kept as that exact string; an object is serialised once,
+    on first use, so that parsing never pays for it.
+    """
+
+    __slots__ = ("_text", "_content", "content_url", "content_type", "activity_count")
+
+    def __init__(
+        self,
+        *,
+        text: str | None = None,
+        content: dict[str, Any] | None = None,
+        content_url: str | None = None,
+        content_type: str | None = None,
+        activity_count: int | None = None,
+    ) -> None:
+        self._text = text
+        self._content = content
+        self.content_url = content_url
+        self.content_type = content_type
+        self.activity_count = activity_count
+
+    @property
+    def is_inline(self) -> bool:
+        return self._text is not None or self._content is not None
+
+    @property
+    def text(self) -> str | None:
+        if self._text is None and self._content is not None:
+            self._text = json.dumps(self._content, ensure_ascii=False, separators=(",", ":"))
+        return self._text
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffRequest:
+    """What handoff_initiate needs of a `handoff.initiate` event, validated."""
+
+    event: Activity
+    conversation_id: str
+    activity_id: str
+    context: HandoffContext
+    # The `va_*` and user-defined variables exactly as received, under their original names: passed on, not read.
+    context_values: dict[str, Any]
+    transcript: Transcript | None
+
+
+@dataclass(frozen=True, slots=True)
+class BotRequest:
+    """An activity posted to the Teams bot's messaging endpoint; `action` is set for `handoff/action` invokes."""
+
+    activity: Activity
+    action: HandoffActionValue | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def parse_handoff_initiate(body: bytes) -> HandoffRequest | None:
+    """Bytes of one activity or a Direct Line activity set -> the first `handoff.initiate` event, or None."""
+    document = _load_json(body)
+    if not isinstance(document, dict):
+        raise InvalidActivity("The body must be a JSON object: a Bot Framework activity or a Direct Line activity set.")
+    if "type" in document:
+        candidates = [document]
+        where = "the activity"
+    elif isinstance(document.get("activities"), list):
+        candidates = document["activities"]
+        where = "activities[{index}]"
+    else:
+        raise InvalidActivity(
+            "The body is neither a Bot Framework activity (an object with \"type\") "
+            "nor a Direct Line activity set (an object with an \"activities\" list)."
+        )
+    for index, raw in enumerate(candidates):
+        label = where.format(index=index)
+        if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+            raise InvalidActivity(f"{label} is not an activity: it must be an object with a string \"type\".")
+        if raw["type"] == "event" and raw.get("name") == HANDOFF_EVENT_NAME:
+            return _handoff_request(raw, label)
+    return None
+
+
+def parse_bot_activity(body: bytes) -> BotRequest:
+    """Bytes posted by a Bot Framework channel -> the activity, with the `handoff/action` value checked."""
+    document = _load_json(body)
+    if not isinstance(document, dict):
+        raise InvalidActivity("The body must be a JSON object: a Bot Framework activity.")
+    activity = _validate(Activity, document, "the activity")
+    action = None
+    if activity.type == "invoke" and activity.name == HANDOFF_INVOKE_NAME:
+        if not isinstance(activity.value, dict) or not isinstance(activity.value.get("continuation"), str):
+            raise InvalidActivity("A handoff/action invoke must carry the continuation token as a string in value.continuation.")
+        if activity.conversation is None or not activity.conversation.id:
+            raise InvalidActivity("A handoff/action invoke must name its conversation (conversation.id) so that the bot can answer.")
+        action = HandoffActionValue.model_validate(activity.value)
+    return BotRequest(activity=activity, action=action)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _load_json(data: bytes | str) -> Any:
+    if isinstance(data, bytes) and data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    try:
+        return from_json(data, allow_inf_nan=False)
+    except ValueError as exc:
+        reason = str(exc)
+        if "recursion limit" in reason:
+            raise InvalidActivity("The JSON is nested too deeply (more than 200 levels).") from exc
+        raise InvalidActivity(f"The body is not valid UTF-8 JSON ({reason}).") from exc
+
+
+def _validate(model: type[_Model], data: Any, label: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        path = ".".join(str(part) for part in first["loc"])
+        where = f"{label}.{path}" if path else label
+        raise InvalidActivity(f"{where}: {first['msg']}.") from exc
+
+
+def _handoff_request(raw: dict[str, Any], label: str) -> HandoffRequest:
+    event: Activity = _validate(Activity, raw, label)
+    conversation_id = event.conversation.id if event.conversation else None
+    if not conversation_id:
+        raise InvalidActivity(f"The handoff.initiate event ({label}) has no conversation.id.")
+    if not event.id:
+        raise InvalidActivity(f"The handoff.initiate event ({label}) has no id: it is needed to recognise a repeated callback.")
+    if len(conversation_id) > MAX_ID_LENGTH or len(event.id) > MAX_ID_LENGTH:
+        raise InvalidActivity(f"The handoff.initiate event ({label}) has an id or conversation.id over {MAX_ID_LENGTH} characters.")
+
+    value = event.value
+    if isinstance(value, str):
+        value = _load_json(value) if value.strip() else None
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise InvalidActivity(f"{label}.value must be an object (or a JSON string of one) holding the va_* handoff context.")
+    context: HandoffContext = _validate(HandoffContext, value, f"{label}.value")
+
+    return HandoffRequest(
+        event=event,
+        conversation_id=conversation_id,
+        activity_id=event.id,
+        context=context,
+        context_values=value,
+        transcript=_transcript(event, label),
+    )
+
+
+def _transcript(event: Activity, label: str) -> Transcript | None:
+    for index, attachment in enumerate(event.attachments or ()):
+        if (attachment.name or "").lower() != "transcript":
+            continue
+        where = f"{label}.attachments[{index}]"
+        content = attachment.content
+        if content is None:
+            if not attachment.content_url:
+                raise InvalidActivity(f"The transcript attachment ({where}) has neither content nor contentUrl.")
+            return Transcript(content_url=attachment.content_url, content_type=attachment.content_type)
+        text = None
+        if isinstance(content, str):
+            text = content
+            content = _load_json(content)
+        if not isinstance(content, dict) or not isinstance(content.get("activities"), list):
+            raise InvalidActivity(f"The transcript ({where}.content) must be an object with an \"activities\" list.")
+        return Transcript(
+            text=text,
+            content=content,
+            content_url=attachment.content_url,
+            content_type=attachment.content_type,
+            activity_count=len(content["activities"]),
+        )
+    return None

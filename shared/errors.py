@@ -1,0 +1,75 @@
+"""Errors that carry their HTTP answer, so each function maps them to a response in one place."""
+
+from __future__ import annotations
+
+
+class HandoffError(Exception):
+    """Base class: `status` and `code` become the HTTP status and the JSON error code.
+
+    The message is shown to the caller, so it must never contain a secret, a token or input echoed back.
+    """
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+
+class BadRequest(HandoffError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidActivity(BadRequest):
+    """The single error the parsing module raises, whatever was wrong with the bytes."""
+
+    code = "invalid_activity"
+
+
+class Unauthorized(HandoffError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, reason: str) -> None:
+        # The reason goes to the log; the caller only ever sees the generic message.
+        super().__init__("The request is not authenticated as coming from the Bot Framework.")
+        self.reason = reason
+
+
+class PayloadTooLarge(HandoffError):
+    status = 413
+    code = "payload_too_large"
+
+
+class NotImplementedActivity(HandoffError):
+    status = 501
+    code = "not_implemented"
+
+
+class UpstreamRefused(HandoffError):
+    """A dependency refused the request for good (4xx other than 408/429): retrying will not help."""
+
+    status = 502
+    code = "upstream_refused"
+
+
+class ServiceUnavailable(HandoffError):
+    """A dependency is down or slow: nothing was lost, the caller should retry after `retry_after` seconds."""
+
+    status = 503
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 5) -> None:
+        super().__init__(message, code=code, retry_after=retry_after)
+
+
+class ConfigurationError(HandoffError):
+    """An operator's mistake in the app settings: the one case where a 500 is the right answer."""
+
+    status = 500
+    code = "configuration_error"

@@ -1,0 +1,125 @@
+"""Test session: one real Azurite (table service) on a free loopback port, a loopback Bot Framework, and
+per-test isolation by table prefix. Nothing in the suite reaches beyond 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.botframework import APP_ID, APP_PASSWORD, BotFramework
+from tests.loopback import Answer, Azurite, LoopbackServer
+
+HUB_PATH = "/hooks/handoff"
+HUB_SECRET = "hub-signing-secret-for-tests"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "long: load, soak and long fuzz runs (scripts/test.sh -m long)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The long suite runs only when asked for with -m long; it is never counted as skipped-but-passing.
+    if "long" in (config.getoption("-m") or ""):
+        return
+    items[:] = [item for item in items if "long" not in item.keywords]
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    server = Azurite().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def botframework() -> Iterator[BotFramework]:
+    framework = BotFramework()
+    yield framework
+    framework.stop()
+
+
+@pytest.fixture
+def hub() -> Iterator[LoopbackServer]:
+    server = LoopbackServer("hub")
+    server.route(HUB_PATH, lambda request: Answer(202, {"accepted": True}))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def table_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, botframework: BotFramework, table_prefix: str) -> dict[str, str]:
+    """The app's settings for one test: its own tables, the loopback Bot Framework, no hub unless `hub_env`."""
+    for name in list(os.environ):
+        if name.startswith(("HANDOFF_", "BOT_", "MicrosoftApp")) or name == "AzureWebJobsStorage":
+            monkeypatch.delenv(name)
+    values = {
+        "HANDOFF_STORAGE_CONNECTION": azurite.connection_string,
+        "HANDOFF_TABLE_PREFIX": table_prefix,
+        "MicrosoftAppId": APP_ID,
+        "MicrosoftAppPassword": APP_PASSWORD,
+        "BOT_OPENID_METADATA_URL": botframework.metadata_url,
+        "BOT_TOKEN_URL": botframework.token_url,
+        "HANDOFF_ALLOWED_SERVICE_URL_HOSTS": "127.0.0.1, trafficmanager.net",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    botframework.connector.clear()
+    return values
+
+
+@pytest.fixture
+def hub_env(env: dict[str, str], hub: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> LoopbackServer:
+    monkeypatch.setenv("HANDOFF_HUB_URL", hub.url + HUB_PATH)
+    monkeypatch.setenv("HANDOFF_HUB_SECRET", HUB_SECRET)
+    return hub
+
+
+@pytest.fixture
+def tables(env: dict[str, str], azurite: Azurite, table_prefix: str):
+    """Raw table clients on this test's tables, to look at what the app stored."""
+    from azure.data.tables import TableServiceClient
+
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+
+    class Tables:
+        handoffs = service.get_table_client(f"{table_prefix}handoffs")
+        tokens = service.get_table_client(f"{table_prefix}tokens")
+
+    return Tables
+
+
+class LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session")
+def all_logs() -> Iterator[LogCapture]:
+    """Every log line of the whole session (with traces), for the scan that no secret is ever logged."""
+    handler = LogCapture()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    previous = root.level
+    root.setLevel(logging.DEBUG)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(previous)
+
+
+@pytest.fixture(autouse=True)
+def _capture_logs(all_logs: LogCapture) -> None:
+    """Attach the session log capture to every test."""
