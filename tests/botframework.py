@@ -108,7 +108,8 @@ class BotFramework:
         return jwt.encode(body, pair.private_key, algorithm="RS256", headers={"kid": pair.kid, **(headers or {})})
 
     def sent_activities(self) -> list[dict[str, Any]]:
-        return [r.json() for r in self.connector.requests_to(CONNECTOR_PATH, "POST")]
+        """What the user received: activities the connector accepted (failed attempts are not shown to anyone)."""
+        return [r.json() for r in self.connector.requests_to(CONNECTOR_PATH, "POST") if r.status and 200 <= r.status < 300]
 
     def stop(self) -> None:
         self.login.stop()

@@ -30,6 +30,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: bytes
+    status: int | None = None  # what the server answered (None: hung up or dropped)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -126,6 +127,11 @@ class LoopbackServer:
             self._scripts.clear()
 
     def _answer(self, recorded: Recorded) -> Answer | str:
+        answer = self._choose(recorded)
+        recorded.status = answer.status if isinstance(answer, Answer) else None
+        return answer
+
+    def _choose(self, recorded: Recorded) -> Answer | str:
         path = urlsplit(recorded.path).path
         with self._lock:
             self.requests.append(recorded)

@@ -1,0 +1,400 @@
+"""POST /api/handoff/action, in process, against Azurite and a loopback Bot Framework."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from urllib.parse import quote
+
+import pytest
+
+from shared.botauth import OpenIdKeys
+from shared.redeem import CANNOT_CONTINUE
+from tests.botframework import APP_ID, CONNECTOR_PATH, BotFramework, unsigned_jwt
+from tests.helpers import INVOKE, action, body_json, error_of, fixture, fixture_bytes, handoff_event, initiate, invoke
+from tests.helpers import ACTIVITY_SET
+from tests.loopback import Answer, LoopbackServer
+
+USER = "57162b23-ae6f-4e95-9774-27f7cb019864"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+
+
+def mint(params: dict[str, str] | None = None, event: dict | None = None) -> str:
+    response = initiate(event or fixture_bytes(ACTIVITY_SET), params=params)
+    assert response.status_code in (200, 201), response.get_body()
+    return body_json(response)["continuationToken"]
+
+
+def texts(botframework: BotFramework) -> list[str | None]:
+    return [a.get("text") for a in botframework.sent_activities()]
+
+
+def assert_continued(botframework: BotFramework) -> None:
+    sent = botframework.sent_activities()
+    assert [a["type"] for a in sent] == ["message", "typing", "message"], texts(botframework)
+    assert "continuing your earlier conversation" in sent[0]["text"]
+
+
+def assert_cannot_continue(botframework: BotFramework) -> None:
+    assert texts(botframework) == [CANNOT_CONTINUE]
+    assert "start a new conversation" in CANNOT_CONTINUE
+
+
+def redeem(botframework: BotFramework, token: str, **changes) -> object:
+    activity = invoke(token, service_url=botframework.service_url, **changes)
+    return action(activity, jwt=botframework.jwt())
+
+
+class TestRedemption:
+    def test_happy_path_from_a_minted_token(self, env, botframework: BotFramework) -> None:
+        token = mint()
+        activity = invoke(token, service_url=botframework.service_url)
+        response = action(activity, jwt=botframework.jwt())
+        assert response.status_code == 200 and response.get_body() == b""
+
+        requests = botframework.connector.requests_to(CONNECTOR_PATH, "POST")
+        assert len(requests) == 3
+        conversation_id = fixture(INVOKE)["conversation"]["id"]
+        assert {r.path for r in requests} == {f"/amer/v3/conversations/{quote(conversation_id, safe='')}/activities"}
+        assert all(r.header("Authorization") == f"Bearer {botframework.issued_tokens[-1]}" for r in requests)
+
+        first, typing, context = (r.json() for r in requests)
+        assert (first["type"], typing["type"], context["type"]) == ("message", "typing", "message")
+        for sent in (first, typing, context):
+            assert sent["from"]["id"] == activity["recipient"]["id"]
+            assert sent["recipient"]["id"] == activity["from"]["id"]
+            assert sent["conversation"]["id"] == conversation_id
+            assert sent["replyToId"] == activity["id"]
+        assert "continuing your earlier conversation with Test501" in first["text"]
+        for expected in ("Lesson 1 - A simple topic", "store hours", "Transferred", "Test501"):
+            assert expected in context["text"]
+
+    def test_replay_is_told_to_start_a_new_conversation(self, env, botframework) -> None:
+        token = mint()
+        assert redeem(botframework, token).status_code == 200
+        botframework.connector.clear()
+        again = redeem(botframework, token)
+        assert again.status_code == 200 and again.get_body() == b""
+        assert_cannot_continue(botframework)
+
+    def test_every_link_of_a_handoff_is_spent_once_one_is_redeemed(self, env, botframework) -> None:
+        first, second = mint(), mint()
+        assert first != second
+        assert redeem(botframework, second).status_code == 200
+        assert_continued(botframework)
+        botframework.connector.clear()
+        redeem(botframework, first)
+        assert_cannot_continue(botframework)
+
+    def test_earlier_link_still_works_after_a_repeat(self, env, botframework) -> None:
+        first = mint()
+        mint()
+        redeem(botframework, first)
+        assert_continued(botframework)
+
+    def test_expired_token(self, env, botframework, monkeypatch) -> None:
+        monkeypatch.setenv("HANDOFF_TOKEN_TTL_SECONDS", "1")
+        token = mint()
+        time.sleep(2.1)
+        assert redeem(botframework, token).status_code == 200
+        assert_cannot_continue(botframework)
+
+    @pytest.mark.parametrize("token", ["A" * 43, "garbled token!", "", "x" * 5000])
+    def test_unknown_or_garbled_token(self, env, botframework, tables, token: str) -> None:
+        mint()
+        before = sorted((e["PartitionKey"], e["RowKey"]) for t in (tables.handoffs, tables.tokens) for e in t.list_entities())
+        assert redeem(botframework, token).status_code == 200
+        assert_cannot_continue(botframework)
+        after = sorted((e["PartitionKey"], e["RowKey"]) for t in (tables.handoffs, tables.tokens) for e in t.list_entities())
+        assert after == before  # no storage write
+
+    def test_bound_to_another_user_is_refused_and_not_consumed(self, env, botframework) -> None:
+        token = mint(params={"userId": "11111111-2222-3333-4444-555555555555"})
+        redeem(botframework, token)
+        assert_cannot_continue(botframework)
+        botframework.connector.clear()
+        redeem(botframework, token, **{"from": {"id": "29:x", "aadObjectId": "11111111-2222-3333-4444-555555555555"}})
+        assert_continued(botframework)
+
+    def test_user_binding_with_no_aad_object_id_is_refused(self, env, botframework) -> None:
+        token = mint(params={"userId": USER})
+        redeem(botframework, token, **{"from": {"id": "29:no-aad"}})
+        assert_cannot_continue(botframework)
+
+    def test_tenant_binding(self, env, botframework) -> None:
+        token = mint(params={"userId": USER, "tenantId": "other-tenant"})
+        redeem(botframework, token)
+        assert_cannot_continue(botframework)
+
+        fresh = mint(params={"userId": USER, "tenantId": TENANT}, event=handoff_event(id="another"))
+        botframework.connector.clear()
+        invoke_without_conversation_tenant = invoke(fresh, service_url=botframework.service_url)
+        del invoke_without_conversation_tenant["conversation"]["tenantId"]  # falls back to channelData.tenant.id
+        assert action(invoke_without_conversation_tenant, jwt=botframework.jwt()).status_code == 200
+        assert_continued(botframework)
+
+    def test_thirty_threads_one_continuation(self, env, botframework) -> None:
+        token = mint()
+        barrier = threading.Barrier(30)
+        statuses: list[int] = []
+
+        def attempt() -> None:
+            activity = invoke(token, service_url=botframework.service_url)
+            jwt = botframework.jwt()
+            barrier.wait()
+            statuses.append(action(activity, jwt=jwt).status_code)
+
+        threads = [threading.Thread(target=attempt) for _ in range(30)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [200] * 30
+        sent = botframework.sent_activities()
+        assert sum(1 for a in sent if a["type"] == "typing") == 1
+        assert sum(1 for a in sent if a.get("text") == CANNOT_CONTINUE) == 29
+
+    def test_outbound_bot_token_is_cached(self, env, botframework) -> None:
+        mint()
+        redeem(botframework, mint())
+        requested = len(botframework.login.requests_to("/botframework.com/oauth2"))
+        redeem(botframework, mint(event=handoff_event(id="second")))
+        assert len(botframework.login.requests_to("/botframework.com/oauth2")) == requested
+
+
+class TestConnectorFaults:
+    def test_fails_twice_then_succeeds(self, env, botframework) -> None:
+        token = mint()
+        botframework.connector.script(CONNECTOR_PATH, Answer(503), Answer(429, headers={"Retry-After": "1"}))
+        assert redeem(botframework, token).status_code == 200
+        assert_continued(botframework)
+        assert len(botframework.connector.requests_to(CONNECTOR_PATH)) == 5
+
+    def test_always_failing_is_503_and_the_token_stays_redeemable(self, env, botframework) -> None:
+        token = mint()
+        botframework.connector.script(CONNECTOR_PATH, *[Answer(503)] * 50)
+        started = time.monotonic()
+        response = redeem(botframework, token)
+        assert time.monotonic() - started < 10
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+        assert error_of(response)["code"] == "connector_unavailable"
+
+        botframework.connector.clear()
+        assert redeem(botframework, token).status_code == 200
+        assert_continued(botframework)
+
+    def test_refused_for_good_is_502_and_the_token_stays_redeemable(self, env, botframework, caplog) -> None:
+        token = mint()
+        botframework.connector.script(
+            CONNECTOR_PATH, Answer(403, {"error": {"code": "BotNotInConversationRoster"}}, {"X-Correlating-OperationId": "op-1234"})
+        )
+        response = redeem(botframework, token)
+        assert response.status_code == 502 and error_of(response)["code"] == "connector_refused"
+        assert any("op-1234" in r.getMessage() for r in caplog.records)
+        botframework.connector.clear()
+        redeem(botframework, token)
+        assert_continued(botframework)
+
+    def test_token_endpoint_refusing_credentials_is_502(self, env, botframework, monkeypatch) -> None:
+        token = mint()
+        monkeypatch.setenv("MicrosoftAppPassword", "another-password")
+        monkeypatch.setenv("BOT_TOKEN_URL", botframework.login.url + "/botframework.com/oauth2/v2.0/token?wrong=1")
+        monkeypatch.setenv("MicrosoftAppId", APP_ID)
+        botframework.login.script("/botframework.com/oauth2", Answer(401, {"error": "invalid_client"}))
+        response = redeem(botframework, token)
+        assert response.status_code == 502 and error_of(response)["code"] == "credentials_refused"
+        assert botframework.sent_activities() == []
+
+
+def hs256_with_public_key(botframework: BotFramework) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    public_pem = botframework.keys["main"].private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    def part(obj: dict) -> bytes:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=")
+    now = int(time.time())
+    signing_input = part({"alg": "HS256", "typ": "JWT", "kid": "key-main"}) + b"." + part(
+        {"iss": "https://api.botframework.com", "aud": APP_ID, "exp": now + 600, "serviceurl": botframework.service_url}
+    )
+    signature = base64.urlsafe_b64encode(hmac.new(public_pem, signing_input, hashlib.sha256).digest()).rstrip(b"=")
+    return (signing_input + b"." + signature).decode()
+
+
+FORGED = {
+    "wrong audience": lambda bf: bf.jwt(claims={"aud": "some-other-bot"}),
+    "wrong issuer": lambda bf: bf.jwt(claims={"iss": "https://sts.windows.net/evil/"}),
+    "expired beyond leeway": lambda bf: bf.jwt(issued_offset=-4000, lifetime=3600 - 310),
+    "not yet valid beyond leeway": lambda bf: bf.jwt(issued_offset=400),
+    "no exp": lambda bf: bf.jwt(omit=("exp",)),
+    "unknown key": lambda bf: bf.jwt(key="unpublished"),
+    "alg none": lambda bf: unsigned_jwt({"iss": "https://api.botframework.com", "aud": APP_ID, "exp": int(time.time()) + 600, "serviceurl": bf.service_url}, {"alg": "none", "kid": "key-main"}),
+    "HS256 with the public key": hs256_with_public_key,
+    "missing serviceurl": lambda bf: bf.jwt(omit=("serviceurl",)),
+    "mismatched serviceurl": lambda bf: bf.jwt(service_url="https://smba.trafficmanager.net/emea/"),
+    "key does not endorse msteams": lambda bf: bf.jwt(key="other-channel"),
+    "signature of another key": lambda bf: bf.jwt()[:-20] + bf.jwt(key="plain")[-20:],
+}
+
+
+class TestAuthentication:
+    @pytest.mark.parametrize("case", sorted(FORGED))
+    def test_forged_jwt_is_401_with_no_outbound_call_and_the_token_intact(self, env, botframework, case: str) -> None:
+        token = mint()
+        activity = invoke(token, service_url=botframework.service_url)
+        response = action(activity, jwt=FORGED[case](botframework))
+        assert response.status_code == 401
+        assert error_of(response) == {"code": "unauthorized", "message": "The request is not authenticated as coming from the Bot Framework."}
+        assert botframework.sent_activities() == []
+        assert action(activity, jwt=botframework.jwt()).status_code == 200
+        assert_continued(botframework)
+
+    @pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer not.a.jwt", "Bearer garbage"])
+    def test_missing_or_garbage_authorization_is_401(self, env, botframework, header: str | None) -> None:
+        token = mint()
+        headers = {} if header is None else {"Authorization": header}
+        response = action(invoke(token, service_url=botframework.service_url), headers=headers)
+        assert response.status_code == 401
+        assert botframework.sent_activities() == []
+
+    def test_disallowed_service_url_host_never_gets_a_token(self, env, botframework) -> None:
+        evil = LoopbackServer("evil")
+        try:
+            evil_url = evil.url.replace("127.0.0.1", "localhost") + "/amer/"
+            token = mint()
+            activity = invoke(token, service_url=evil_url)
+            response = action(activity, jwt=botframework.jwt(service_url=evil_url))
+            assert response.status_code == 401
+            assert evil.requests == []
+        finally:
+            evil.stop()
+
+    def test_plain_http_service_url_off_loopback_is_401(self, env, botframework, monkeypatch) -> None:
+        monkeypatch.setenv("HANDOFF_ALLOWED_SERVICE_URL_HOSTS", "trafficmanager.net")
+        url = "http://smba.trafficmanager.net/amer/"
+        response = action(invoke(mint(), service_url=url), jwt=botframework.jwt(service_url=url))
+        assert response.status_code == 401
+
+    def test_within_leeway_is_accepted(self, env, botframework) -> None:
+        jwt = botframework.jwt(issued_offset=-3600 - 200, lifetime=3600)  # expired 200 s ago, leeway is 300 s
+        assert action(invoke(mint(), service_url=botframework.service_url), jwt=jwt).status_code == 200
+        assert_continued(botframework)
+
+    def test_key_without_endorsements_is_accepted(self, env, botframework) -> None:
+        assert action(invoke(mint(), service_url=botframework.service_url), jwt=botframework.jwt(key="plain")).status_code == 200
+        assert_continued(botframework)
+
+    def test_service_url_trailing_slash_is_ignored(self, env, botframework) -> None:
+        jwt = botframework.jwt(service_url=botframework.service_url.rstrip("/"))
+        assert action(invoke(mint(), service_url=botframework.service_url), jwt=jwt).status_code == 200
+
+    def test_empty_app_id_matches_no_audience(self, env, botframework, monkeypatch) -> None:
+        token = mint()
+        monkeypatch.setenv("MicrosoftAppId", "")
+        monkeypatch.setenv("HANDOFF_BOT_ID", APP_ID)
+        response = action(invoke(token, service_url=botframework.service_url), jwt=botframework.jwt(claims={"aud": ""}))
+        assert response.status_code == 401
+
+    def test_auth_disabled_only_by_the_flag_and_warns_every_request(self, env, botframework, monkeypatch, caplog) -> None:
+        token = mint()
+        monkeypatch.setenv("HANDOFF_AUTH_DISABLED", "true")
+        caplog.set_level("WARNING")
+        assert action(invoke(token, service_url=botframework.service_url)).status_code == 200
+        assert action({"type": "message", "text": "hi", "serviceUrl": botframework.service_url}).status_code == 200
+        warnings = [r for r in caplog.records if "HANDOFF_AUTH_DISABLED" in r.getMessage() and r.levelname == "WARNING"]
+        assert len(warnings) == 2
+
+    def test_order_413_then_401_then_400(self, env, botframework, monkeypatch) -> None:
+        assert action(b"not json").status_code == 401
+        assert action(b"not json", jwt=botframework.jwt()).status_code == 400
+        monkeypatch.setenv("HANDOFF_MAX_BODY_BYTES", "100")
+        assert action(b"x" * 101).status_code == 413
+
+
+class TestOtherActivities:
+    def test_other_invoke_is_501(self, env, botframework) -> None:
+        activity = invoke("x", service_url=botframework.service_url, name="adaptiveCard/action")
+        response = action(activity, jwt=botframework.jwt())
+        assert response.status_code == 501 and error_of(response)["code"] == "not_implemented"
+
+    @pytest.mark.parametrize("kind", ["message", "conversationUpdate", "typing", "event"])
+    def test_other_activities_are_acknowledged(self, env, botframework, kind: str) -> None:
+        activity = invoke("x", service_url=botframework.service_url, type=kind, name=None)
+        response = action(activity, jwt=botframework.jwt())
+        assert response.status_code == 200 and response.get_body() == b""
+        assert botframework.sent_activities() == []
+
+    @pytest.mark.parametrize("value", [None, {}, {"continuation": 42}])
+    def test_invoke_without_continuation_string_is_400(self, env, botframework, value) -> None:
+        activity = invoke("x", service_url=botframework.service_url)
+        activity["value"] = value
+        response = action(activity, jwt=botframework.jwt())
+        assert response.status_code == 400 and "value.continuation" in error_of(response)["message"]
+
+
+class TestKeyCache:
+    @pytest.fixture
+    def openid(self, botframework: BotFramework):
+        server = LoopbackServer("openid")
+        server.route("/meta", lambda r: Answer(200, {"jwks_uri": f"{server.url}/keys"}))
+        server.route("/keys", lambda r: Answer(200, {"keys": [k.jwk() for k in botframework.keys.values()]}))
+        yield server
+        server.stop()
+
+    def make(self, openid: LoopbackServer, clock: list[float]) -> OpenIdKeys:
+        import httpx
+
+        return OpenIdKeys(f"{openid.url}/meta", client=httpx.Client(), clock=lambda: clock[0])
+
+    def test_unknown_kid_refreshes_at_most_once_a_minute(self, openid) -> None:
+        clock = [1000.0]
+        keys = self.make(openid, clock)
+        assert keys.find("key-main") is not None
+        assert len(openid.requests_to("/keys")) == 1
+        for _ in range(5):
+            assert keys.find("nope") is None
+        assert len(openid.requests_to("/keys")) == 1
+        clock[0] += 61
+        assert keys.find("nope") is None
+        assert keys.find("nope") is None
+        assert len(openid.requests_to("/keys")) == 2
+
+    def test_refreshed_at_least_daily(self, openid) -> None:
+        clock = [1000.0]
+        keys = self.make(openid, clock)
+        keys.find("key-main")
+        clock[0] += 23 * 3600
+        keys.find("key-main")
+        assert len(openid.requests_to("/keys")) == 1
+        clock[0] += 2 * 3600
+        keys.find("key-main")
+        assert len(openid.requests_to("/keys")) == 2
+
+    def test_concurrent_requests_share_one_refresh(self, openid) -> None:
+        keys = self.make(openid, [1000.0])
+        barrier = threading.Barrier(20)
+        found = []
+
+        def find() -> None:
+            barrier.wait()
+            found.append(keys.find("key-main"))
+
+        threads = [threading.Thread(target=find) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(found) and len(found) == 20
+        assert len(openid.requests_to("/meta")) == 1
+
+    def test_keys_unreachable_is_503_not_401(self, env, botframework, monkeypatch) -> None:
+        from tests.loopback import free_port
+
+        monkeypatch.setenv("BOT_OPENID_METADATA_URL", f"http://127.0.0.1:{free_port()}/meta")
+        response = action(invoke(mint(), service_url=botframework.service_url), jwt=botframework.jwt())
+        assert response.status_code == 503 and response.headers["Retry-After"]
