@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.botframework import APP_ID, APP_PASSWORD, BotFramework
-from tests.loopback import Answer, Azurite, LoopbackServer
+from devtools.botframework import APP_ID, APP_PASSWORD, BotFramework
+from devtools.loopback import Answer, Azurite, LoopbackServer
 
 HUB_PATH = "/hooks/handoff"
 HUB_SECRET = "hub-signing-secret-for-tests"

@@ -14,10 +14,10 @@ import pytest
 
 from shared.botauth import OpenIdKeys
 from shared.redeem import CANNOT_CONTINUE
-from tests.botframework import APP_ID, CONNECTOR_PATH, BotFramework, unsigned_jwt
+from devtools.botframework import APP_ID, CONNECTOR_PATH, BotFramework, unsigned_jwt
 from tests.helpers import INVOKE, action, body_json, error_of, fixture, fixture_bytes, handoff_event, initiate, invoke
 from tests.helpers import ACTIVITY_SET
-from tests.loopback import Answer, LoopbackServer
+from devtools.loopback import Answer, LoopbackServer
 
 USER = "57162b23-ae6f-4e95-9774-27f7cb019864"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -393,7 +393,7 @@ class TestKeyCache:
         assert len(openid.requests_to("/meta")) == 1
 
     def test_keys_unreachable_is_503_not_401(self, env, botframework, monkeypatch) -> None:
-        from tests.loopback import free_port
+        from devtools.loopback import free_port
 
         monkeypatch.setenv("BOT_OPENID_METADATA_URL", f"http://127.0.0.1:{free_port()}/meta")
         response = action(invoke(mint(), service_url=botframework.service_url), jwt=botframework.jwt())

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.helpers import ACTIVITY_SET, fixture_bytes, invoke
-from tests.loopback import PROJECT, free_port, wait_for_port
+from devtools.loopback import PROJECT, free_port, wait_for_port
 
 sys.path.insert(0, str(PROJECT / "scripts"))
 from local_runner import FunctionJsonError, load_routes  # noqa: E402

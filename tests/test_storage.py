@@ -14,7 +14,7 @@ from shared.handoffs import PENDING, SENDING, HandoffRecord, HandoffStore, hando
 from shared.settings import current_settings
 from shared.storage import table_client
 from shared.tokens import ContinuationContext, Grant, new_token, token_key, well_formed
-from tests.loopback import Azurite, free_port
+from devtools.loopback import Azurite, free_port
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 

@@ -12,7 +12,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.loopback import Answer, LoopbackServer, Recorded
+from devtools.loopback import Answer, LoopbackServer, Recorded
 
 ISSUER = "https://api.botframework.com"
 APP_ID = "6a1f3d7e-2b59-4c1a-9b0e-3f6c2d8e1a47"
