@@ -8,6 +8,7 @@ dependency fail on demand: an HTTP status, a `Retry-After`, a hang, or a dropped
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import tempfile
@@ -206,10 +207,12 @@ class Azurite:
         return self
 
     def stop(self) -> None:
+        """A clean shutdown (SIGINT, as Ctrl+C): Azurite saves its on-disk store then, and otherwise only every few
+        seconds, so an abrupt kill can lose its latest writes (real Table Storage acknowledges only durable ones)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(10)
+                self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -120,6 +121,33 @@ def all_logs() -> Iterator[LogCapture]:
     root.setLevel(previous)
 
 
+# What must never appear in a log line: bearer JWTs, continuation tokens (43 URL-safe characters standing
+# alone), outbound bot tokens, the app password, the hub secret, and transcript text.
+FORBIDDEN_IN_LOGS = [
+    (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}"), "a JWT"),
+    (re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])"), "a continuation token"),
+    (re.compile(re.escape("bot-access-token-")), "an outbound bot token"),
+    (re.compile(re.escape(APP_PASSWORD)), "MicrosoftAppPassword"),
+    (re.compile(re.escape(HUB_SECRET)), "HANDOFF_HUB_SECRET"),
+    (re.compile(re.escape("I'm happy to help with store hours")), "transcript text"),
+]
+
+
 @pytest.fixture(autouse=True)
-def _capture_logs(all_logs: LogCapture) -> None:
-    """Attach the session log capture to every test."""
+def _no_secret_in_logs(all_logs: LogCapture) -> Iterator[None]:
+    """Every log line a test causes (DEBUG and up, all loggers) is scanned for secrets after the test."""
+    start = len(all_logs.lines)
+    yield
+    for line in all_logs.lines[start:]:
+        for pattern, what in FORBIDDEN_IN_LOGS:
+            assert not pattern.search(line), f"{what} was logged: {line[:300]}"
+
+
+RELIABILITY_FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if RELIABILITY_FIGURES:
+        terminalreporter.section("reliability figures")
+        for line in RELIABILITY_FIGURES:
+            terminalreporter.write_line(line)
