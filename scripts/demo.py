@@ -33,7 +33,7 @@ sys.path.insert(0, str(PROJECT))
 
 import httpx  # noqa: E402
 
-from devtools.botframework import APP_ID, APP_PASSWORD, CONNECTOR_PATH, BotFramework  # noqa: E402
+from devtools.botframework import APP_ID, APP_PASSWORD, BotFramework  # noqa: E402
 from devtools.loopback import Answer, Azurite, LoopbackServer, Recorded, free_port, wait_for_port  # noqa: E402
 
 FIXTURE_INITIATE = PROJECT / "tests" / "fixtures" / "copilot-studio-handoff-initiate.activityset.json"

@@ -15,17 +15,21 @@ fi
   || { echo "setup: Python 3.11 or newer is required; set PYTHON=/path/to/python3.11" >&2; exit 1; }
 command -v npm >/dev/null 2>&1 || { echo "setup: Node.js and npm are required (for Azurite)" >&2; exit 1; }
 
-stamp() { cat requirements.txt requirements-dev.txt ${EXTRA_REQUIREMENTS:-} package-lock.json | sha256sum | cut -c1-16; }
+python_stamp() { cat requirements.txt requirements-dev.txt ${EXTRA_REQUIREMENTS:-} | sha256sum | cut -c1-16; }
+npm_stamp() { sha256sum package-lock.json | cut -c1-16; }
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PYTHON" -m venv .venv
 fi
-if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$(stamp)" ] || [ ! -x node_modules/.bin/azurite-table ]; then
+if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$(python_stamp)" ]; then
   echo "setup: installing Python packages"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt ${EXTRA_REQUIREMENTS:+-r $EXTRA_REQUIREMENTS}
+  python_stamp > .venv/.setup-stamp
+fi
+if [ "$(cat node_modules/.setup-stamp 2>/dev/null)" != "$(npm_stamp)" ] || [ ! -x node_modules/.bin/azurite-table ]; then
   echo "setup: installing Azurite (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error
-  stamp > .venv/.setup-stamp
+  npm_stamp > node_modules/.setup-stamp
 fi

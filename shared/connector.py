@@ -27,12 +27,14 @@ log = logging.getLogger(__name__)
 
 SCOPE = "https://api.botframework.com/.default"
 REFRESH_MARGIN = 300.0
+TOKEN_POLICY = RetryPolicy(attempts=3)
+CONNECTOR_POLICY = RetryPolicy()
 
 
 class AppCredentials:
     """The bot's outbound identity; `token()` is None when no app id is configured (local emulator use)."""
 
-    def __init__(self, *, settings: Settings, client: httpx.Client, policy: RetryPolicy = RetryPolicy(attempts=3)) -> None:
+    def __init__(self, *, settings: Settings, client: httpx.Client, policy: RetryPolicy = TOKEN_POLICY) -> None:
         self._app_id = settings.app_id
         self._password = settings.app_password
         self._app_type = settings.app_type
@@ -90,7 +92,7 @@ class AppCredentials:
 
 
 class BotConnector:
-    def __init__(self, *, credentials: AppCredentials, client: httpx.Client, policy: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(self, *, credentials: AppCredentials, client: httpx.Client, policy: RetryPolicy = CONNECTOR_POLICY) -> None:
         self._credentials = credentials
         self._client = client
         self._policy = policy
@@ -101,10 +103,13 @@ class BotConnector:
         for activity in activities:
             token = self._credentials.token(deadline)
             headers = {"Authorization": f"Bearer {token}"} if token else {}
+            def build(activity: dict[str, Any] = activity, headers: dict[str, str] = headers) -> httpx.Request:
+                return self._client.build_request("POST", url, json=activity, headers=headers)
+
             try:
                 response = send(
                     self._client,
-                    lambda: self._client.build_request("POST", url, json=activity, headers=headers),
+                    build,
                     policy=self._policy,
                     deadline=deadline,
                     what="Bot Connector",

@@ -16,7 +16,7 @@ import base64
 import hashlib
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +99,7 @@ class HandoffStore:
                     return None
                 raise
         etag = results[0].get("etag") if results else None
-        return _replace(record, etag=etag)
+        return replace(record, etag=etag)
 
     def get(self, handoff_id: str) -> HandoffRecord | None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -131,7 +131,7 @@ class HandoffStore:
         from azure.core.exceptions import ResourceModifiedError
         from azure.data.tables import UpdateMode
 
-        updated = _replace(record, **fields)
+        updated = replace(record, **fields)
         patch = {
             "PartitionKey": record.handoff_id,
             "RowKey": RECORD,
@@ -146,7 +146,7 @@ class HandoffStore:
                 )
             except ResourceModifiedError:
                 return None
-        return _replace(updated, etag=meta.get("etag"))
+        return replace(updated, etag=meta.get("etag"))
 
     def claim(self, handoff_id: str, *, at: datetime) -> Claim | None:
         """Claim the handoff for one redemption: first writer wins across all its tokens and all instances."""
@@ -203,12 +203,6 @@ def _record_from(row: Mapping[str, Any]) -> HandoffRecord:
         hub_attempts=int(row.get("hubAttempts") or 0),
         etag=row.metadata.get("etag") if hasattr(row, "metadata") else None,
     )
-
-
-def _replace(record: HandoffRecord, **fields: Any) -> HandoffRecord:
-    from dataclasses import replace
-
-    return replace(record, **fields)
 
 
 def _pack(partition: str, name: str, data: bytes) -> tuple[list[dict[str, Any]], dict[str, Any]]:

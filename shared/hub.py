@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENT_TYPE = "handoff.requested"
+HUB_POLICY = RetryPolicy(attempts=3, attempt_timeout=3.0)
 
 
 def event_body(*, handoff_id: str, document: dict[str, Any], transcript_json: str | None, deep_link: str) -> bytes:
@@ -64,7 +65,7 @@ class HubClient:
         url: str,
         secret: str | None,
         client: httpx.Client,
-        policy: RetryPolicy = RetryPolicy(attempts=3, attempt_timeout=3.0),
+        policy: RetryPolicy = HUB_POLICY,
         budget_seconds: float = 8.0,
     ) -> None:
         self._url = url

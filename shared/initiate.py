@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -112,12 +112,13 @@ def initiate(
     link = deep_link(bot_id, token)
 
     if hub is not None and _deliverable(record, now):
-        record = _deliver(record, hub, handoffs, body=event_body(
+        body = event_body(
             handoff_id=handoff_id,
             document=document,
             transcript_json=transcript.text if transcript is not None and transcript.is_inline else None,
             deep_link=link,
-        ), now=now)
+        )
+        record = _deliver(record, hub, handoffs, body=body, now=now)
 
     log.info(
         "handoff %s: handoffId=%s conversationId=%s hub=%s",
@@ -183,6 +184,4 @@ def _deliver(record: HandoffRecord, hub: HubClient, handoffs: HandoffStore, *, b
 
 
 def _with_status(record: HandoffRecord, status: str) -> HandoffRecord:
-    from dataclasses import replace
-
     return replace(record, hub_status=status)

@@ -19,9 +19,9 @@ from shared.tokens import ContinuationContext, well_formed
 if TYPE_CHECKING:
     from shared.activities import Activity
     from shared.connector import BotConnector
-    from shared.handoffs import HandoffStore
+    from shared.handoffs import Claim, HandoffStore
     from shared.outbound import Deadline
-    from shared.tokens import TokenStore
+    from shared.tokens import Grant, TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -49,41 +49,38 @@ def redeem(
     deadline: Deadline,
     now: datetime,
 ) -> Outcome:
-    outcome, handoff_id, context = _check(activity, continuation, tokens=tokens, now=now)
-    if outcome is Outcome.REDEEMED:
-        claim = handoffs.claim(handoff_id, at=now)  # type: ignore[arg-type]
+    grant = tokens.get(continuation) if well_formed(continuation) else None
+    outcome = _check(grant, activity, now=now)
+    if grant is not None and outcome is Outcome.REDEEMED:
+        claim = handoffs.claim(grant.handoff_id, at=now)
         if claim is None:
             outcome = Outcome.REPLAYED
         else:
             try:
-                _send(connector, activity, continuation_messages(activity, context), deadline)  # type: ignore[arg-type]
+                _send(connector, activity, continuation_messages(activity, grant.context), deadline)
             except HandoffError:
                 _release(handoffs, claim)
-                log.warning("handoff continuation failed, token released: handoffId=%s conversationId=%s", handoff_id, _conversation(activity))
+                log.warning("handoff continuation failed, token released: handoffId=%s conversationId=%s", grant.handoff_id, _conversation(activity))
                 raise
     if outcome is not Outcome.REDEEMED:
         _send(connector, activity, [reply(activity, type="message", text=CANNOT_CONTINUE)], deadline)
-    log.info("handoff action %s: handoffId=%s conversationId=%s", outcome.value, handoff_id or "-", _conversation(activity))
+    log.info("handoff action %s: handoffId=%s conversationId=%s", outcome.value, grant.handoff_id if grant else "-", _conversation(activity))
     return outcome
 
 
-def _check(
-    activity: Activity, continuation: str, *, tokens: TokenStore, now: datetime
-) -> tuple[Outcome, str | None, ContinuationContext | None]:
-    if not well_formed(continuation):
-        return Outcome.UNKNOWN, None, None
-    grant = tokens.get(continuation)
+def _check(grant: Grant | None, activity: Activity, *, now: datetime) -> Outcome:
+    """What the token allows this activity, before any write: REDEEMED means "may claim"."""
     if grant is None:
-        return Outcome.UNKNOWN, None, None
+        return Outcome.UNKNOWN
     if grant.expires_at <= now:
-        return Outcome.EXPIRED, grant.handoff_id, None
+        return Outcome.EXPIRED
     user = activity.from_.aad_object_id if activity.from_ is not None else None
     if grant.user_id and (not user or user.lower() != grant.user_id.lower()):
-        return Outcome.REFUSED, grant.handoff_id, None
+        return Outcome.REFUSED
     tenant = activity.tenant_id
     if grant.tenant_id and (not tenant or tenant.lower() != grant.tenant_id.lower()):
-        return Outcome.REFUSED, grant.handoff_id, None
-    return Outcome.REDEEMED, grant.handoff_id, grant.context
+        return Outcome.REFUSED
+    return Outcome.REDEEMED
 
 
 def continuation_messages(activity: Activity, context: ContinuationContext) -> list[dict[str, Any]]:
@@ -127,7 +124,7 @@ def _send(connector: BotConnector, activity: Activity, messages: list[dict[str, 
     connector.send_activities(activity.service_url or "", _conversation(activity), messages, deadline)
 
 
-def _release(handoffs: HandoffStore, claim: Any) -> None:
+def _release(handoffs: HandoffStore, claim: Claim) -> None:
     try:
         handoffs.release(claim)
     except HandoffError:
