@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import PayloadTooLarge
-from shared.storage import storage_call
+from shared.storage import NO_CONTENT, storage_call
 from shared.timeutil import from_iso, to_iso
 
 if TYPE_CHECKING:
@@ -154,7 +154,9 @@ class HandoffStore:
 
         with storage_call("redeem a continuation token"):
             try:
-                meta = self._table.create_entity({"PartitionKey": handoff_id, "RowKey": CLAIM, "claimedAt": to_iso(at)})
+                meta = self._table.create_entity(
+                    {"PartitionKey": handoff_id, "RowKey": CLAIM, "claimedAt": to_iso(at)}, response_preference=NO_CONTENT
+                )
             except ResourceExistsError:
                 return None
         return Claim(handoff_id=handoff_id, etag=meta["etag"])

@@ -28,8 +28,9 @@ EVENT_TYPE = "handoff.requested"
 HUB_POLICY = RetryPolicy(attempts=3, attempt_timeout=3.0)
 
 
-def event_body(*, handoff_id: str, document: dict[str, Any], transcript_json: str | None, deep_link: str) -> bytes:
-    """The webhook body; `document` holds conversation, context and createdAt as recorded."""
+def event_body(*, handoff_id: str, document: dict[str, Any], transcript_json: bytes | None, deep_link: str) -> bytes:
+    """The webhook body; `document` holds conversation, context and createdAt as recorded, `transcript_json` the
+    inline transcript's UTF-8 JSON (spliced in as it is: no second serialisation of a large transcript)."""
     head = json.dumps(
         {
             "type": EVENT_TYPE,
@@ -42,8 +43,8 @@ def event_body(*, handoff_id: str, document: dict[str, Any], transcript_json: st
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    transcript = transcript_json if transcript_json is not None else json.dumps(document.get("transcriptReference"))
-    return (head[:-1] + ',"transcript":' + transcript + "}").encode("utf-8")
+    transcript = transcript_json if transcript_json is not None else json.dumps(document.get("transcriptReference")).encode()
+    return b"".join((head[:-1].encode("utf-8"), b',"transcript":', transcript, b"}"))
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:

@@ -86,8 +86,9 @@ def initiate(
     document = _document(request, created_at=to_iso(now))
     blobs = {"document": json.dumps(document, ensure_ascii=False).encode("utf-8")}
     transcript = request.transcript
-    if transcript is not None and transcript.is_inline:
-        blobs["transcript"] = transcript.text.encode("utf-8")  # type: ignore[union-attr]
+    inline = transcript.json_bytes if transcript is not None else None
+    if inline is not None:
+        blobs["transcript"] = inline
 
     record = handoffs.create(fresh, blobs)
     created = record is not None
@@ -115,7 +116,7 @@ def initiate(
         body = event_body(
             handoff_id=handoff_id,
             document=document,
-            transcript_json=transcript.text if transcript is not None and transcript.is_inline else None,
+            transcript_json=inline,
             deep_link=link,
         )
         record = _deliver(record, hub, handoffs, body=body, now=now)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # The SDK logs every request's headers at INFO: noise in Application Insights, not a signal.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
+NO_CONTENT = "return-no-content"  # `response_preference` of inserts: the ETag only, not the entity echoed back
 HANDOFFS_TABLE = "handoffs"
 TOKENS_TABLE = "tokens"
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.storage import storage_call
+from shared.storage import NO_CONTENT, storage_call
 from shared.timeutil import from_iso, to_iso
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class TokenStore:
         if grant.tenant_id:
             entity["boundTenantId"] = grant.tenant_id
         with storage_call("record a continuation token"):
-            self._table.create_entity(entity)
+            self._table.create_entity(entity, response_preference=NO_CONTENT)
 
     def get(self, token: str) -> Grant | None:
         from azure.core.exceptions import ResourceNotFoundError

@@ -55,7 +55,7 @@ class TestFixtures:
         transcript = request.transcript
         assert transcript is not None and transcript.is_inline and transcript.activity_count == 2
         original = fixture(ACTIVITY_SET)["activities"][0]["attachments"][0]["content"]
-        assert json.loads(transcript.text) == original
+        assert json.loads(transcript.json_bytes) == original
         assert request.event.relates_to.user.name == "C2 User"
 
     def test_teams_invoke(self) -> None:
@@ -79,7 +79,7 @@ class TestVariants:
         text = json.dumps(event["attachments"][0]["content"], indent=3, ensure_ascii=True)
         event["attachments"][0]["content"] = text
         request = parse_handoff_initiate(dumps(event))
-        assert request.transcript.text == text
+        assert request.transcript.json_bytes == text.encode()
         assert request.transcript.activity_count == 2
 
     @pytest.mark.parametrize("name", ["transcript", "TRANSCRIPT", "TranScript"])
@@ -139,7 +139,7 @@ class TestVariants:
         event = handoff_event()
         event["attachments"] = [{"name": "Transcript", "contentType": "application/json", "contentUrl": "https://files.example/t.json"}]
         transcript = parse_handoff_initiate(dumps(event)).transcript
-        assert not transcript.is_inline and transcript.text is None
+        assert not transcript.is_inline and transcript.json_bytes is None
         assert transcript.content_url == "https://files.example/t.json"
 
     def test_three_thousand_activity_transcript(self) -> None:
@@ -148,7 +148,7 @@ class TestVariants:
         event["attachments"][0]["content"] = {"activities": activities}
         request = parse_handoff_initiate(dumps({"activities": [event], "watermark": "9"}))
         assert request.transcript.activity_count == 3000
-        assert json.loads(request.transcript.text)["activities"] == activities
+        assert json.loads(request.transcript.json_bytes)["activities"] == activities
 
     def test_no_handoff_event_is_none(self) -> None:
         messages = fixture(ACTIVITY_SET)["activities"][0]["attachments"][0]["content"]["activities"]
