@@ -11,7 +11,6 @@ code and a baseline measured in the same run, interleaved (ours, baseline, ours,
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ sys.path.insert(0, str(PROJECT))
 
 from devtools.botframework import APP_ID, APP_PASSWORD, BotFramework  # noqa: E402
 from devtools.loopback import Answer, Azurite, LoopbackServer  # noqa: E402
+from devtools.payloads import transcript_activities  # noqa: E402
 
 FIXTURE = PROJECT / "tests" / "fixtures" / "copilot-studio-handoff-initiate.activityset.json"
 INVOKE = PROJECT / "tests" / "fixtures" / "teams-handoff-action.invoke.json"
@@ -77,29 +77,10 @@ def interleave(ours: Callable[[], Any], baseline: Callable[[], Any], rounds: int
 # 1. Parsing
 
 
-def transcript(count: int) -> list[dict[str, Any]]:
-    import random
-
-    rng = random.Random(count)
-    shapes = json.loads(FIXTURE.read_text())["activities"][0]["attachments"][0]["content"]["activities"]
-    words = ("store hours refund order password reset printer laptop delivery invoice account café naïve "
-             "出荷 заказ 🙂 \"quoted\" line\nbreak").split(" ")
-    activities = []
-    for index in range(count):
-        activity = copy.deepcopy(shapes[index % 2])
-        activity["id"] = f"91hcXEd0ZYCBPoRwBDPHZ6-o|{index:07d}"
-        activity["timestamp"] = f"2020-02-10T21:{index // 60 % 60:02d}:{index % 60:02d}.4914530+00:00"
-        activity["text"] = " ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))
-        if index % 10:
-            activity.pop("channelData", None)
-        activities.append(activity)
-    return activities
-
-
 def handoff_body(count: int, *, activity_id: str | None = None) -> bytes:
     document = json.loads(FIXTURE.read_text())
     event = document["activities"][0]
-    event["attachments"][0]["content"] = {"activities": transcript(count)}
+    event["attachments"][0]["content"] = {"activities": transcript_activities(count, seed=count)}
     if activity_id:
         event["id"] = activity_id
     return json.dumps(document).encode()

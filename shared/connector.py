@@ -12,6 +12,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -70,20 +71,14 @@ class AppCredentials:
             "client_secret": self._password,
             "scope": SCOPE,
         }
-        try:
-            response = send(
-                self._client,
-                lambda: self._client.build_request("POST", self._token_url, data=form),
-                policy=self._policy,
-                deadline=deadline,
-                what="bot token endpoint",
-            )
-        except Unavailable as exc:
-            raise ServiceUnavailable(
-                "The bot's token endpoint is unavailable; retry shortly.",
-                code="token_endpoint_unavailable",
-                retry_after=_retry_after(exc),
-            ) from exc
+        response = _send_or_unavailable(
+            self._client,
+            lambda: self._client.build_request("POST", self._token_url, data=form),
+            policy=self._policy,
+            deadline=deadline,
+            what="bot token endpoint",
+            unavailable=("The bot's token endpoint is unavailable; retry shortly.", "token_endpoint_unavailable"),
+        )
         if not response.is_success:
             log.error("The token endpoint refused the bot's credentials: HTTP %s", response.status_code)
             raise UpstreamRefused("The bot's credentials were refused by its token endpoint.", code="credentials_refused")
@@ -103,23 +98,18 @@ class BotConnector:
         for activity in activities:
             token = self._credentials.token(deadline)
             headers = {"Authorization": f"Bearer {token}"} if token else {}
+
             def build(activity: dict[str, Any] = activity, headers: dict[str, str] = headers) -> httpx.Request:
                 return self._client.build_request("POST", url, json=activity, headers=headers)
 
-            try:
-                response = send(
-                    self._client,
-                    build,
-                    policy=self._policy,
-                    deadline=deadline,
-                    what="Bot Connector",
-                )
-            except Unavailable as exc:
-                raise ServiceUnavailable(
-                    "The Bot Connector is unavailable; nothing was consumed, retry shortly.",
-                    code="connector_unavailable",
-                    retry_after=_retry_after(exc),
-                ) from exc
+            response = _send_or_unavailable(
+                self._client,
+                build,
+                policy=self._policy,
+                deadline=deadline,
+                what="Bot Connector",
+                unavailable=("The Bot Connector is unavailable; nothing was consumed, retry shortly.", "connector_unavailable"),
+            )
             if not response.is_success:
                 log.error(
                     "The Bot Connector refused an activity: HTTP %s, X-Correlating-OperationId=%s",
@@ -133,8 +123,22 @@ class BotConnector:
                 )
 
 
-def _retry_after(exc: Unavailable) -> int:
-    return max(1, min(60, round(exc.retry_after))) if exc.retry_after else 5
+def _send_or_unavailable(
+    client: httpx.Client,
+    build: Callable[[], httpx.Request],
+    *,
+    policy: RetryPolicy,
+    deadline: Deadline,
+    what: str,
+    unavailable: tuple[str, str],
+) -> httpx.Response:
+    """`send`, with retries exhausted turned into a 503 whose Retry-After passes the server's advice on (1-60 s)."""
+    try:
+        return send(client, build, policy=policy, deadline=deadline, what=what)
+    except Unavailable as exc:
+        message, code = unavailable
+        retry_after = max(1, min(60, round(exc.retry_after))) if exc.retry_after else 5
+        raise ServiceUnavailable(message, code=code, retry_after=retry_after) from exc
 
 
 _credentials: dict[str, AppCredentials] = {}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import json
-import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.payloads import transcript_activities
 from shared.activities import parse_bot_activity, parse_handoff_initiate
 from shared.errors import InvalidActivity
 from tests.helpers import ACTIVITY_SET, INVOKE, fixture, fixture_bytes, handoff_event
@@ -17,23 +16,6 @@ from tests.helpers import ACTIVITY_SET, INVOKE, fixture, fixture_bytes, handoff_
 
 def dumps(obj: object) -> bytes:
     return json.dumps(obj).encode()
-
-
-def transcript_activities(count: int, seed: int = 7) -> list[dict]:
-    """`count` varied activities in the shapes of the fixture's transcript (user and bot turns)."""
-    rng = random.Random(seed)
-    shapes = fixture(ACTIVITY_SET)["activities"][0]["attachments"][0]["content"]["activities"]
-    words = ("store hours refund order password reset printer laptop delivery invoice account café naïve "
-             "出荷 заказ 🙂 \"quoted\" back\\slash line\nbreak").split(" ")
-    activities = []
-    for index in range(count):
-        activity = copy.deepcopy(shapes[index % 2])
-        activity["id"] = f"91hcXEd0ZYCBPoRwBDPHZ6-o|{index:07d}"
-        activity["text"] = " ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))
-        if index % 10:  # the full diagnostic channelData on one turn in ten keeps the mix realistic (~700 bytes a turn)
-            activity.pop("channelData", None)
-        activities.append(activity)
-    return activities
 
 
 class TestFixtures:

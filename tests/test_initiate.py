@@ -16,7 +16,7 @@ from shared.settings import current_settings
 from tests.conftest import HUB_PATH, HUB_SECRET
 from tests.helpers import ACTIVITY_SET, body_json, error_of, fixture, fixture_bytes, handoff_event, initiate
 from devtools.loopback import Answer, Azurite, free_port
-from tests.test_activities import transcript_activities
+from devtools.payloads import transcript_activities
 
 FIELDS = {"handoffId", "conversationId", "continuationToken", "deepLink", "expiresAt", "hub", "card"}
 

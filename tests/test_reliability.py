@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -29,7 +28,8 @@ from shared.tokens import new_token
 from tests.conftest import FORBIDDEN_IN_LOGS, HUB_PATH, RELIABILITY_FIGURES
 from tests.helpers import ACTIVITY_SET, INVOKE, action, body_json, fixture, handoff_event, initiate, invoke
 from tests.test_action import FORGED
-from tests.test_activities import mutate, transcript_activities
+from devtools.payloads import transcript_activities
+from tests.test_activities import mutate
 
 
 def event(index: int, *, activities: int = 3) -> dict:
@@ -55,9 +55,9 @@ def replays(botframework: BotFramework) -> int:
 # 1. Storage outage
 
 
-def test_storage_outage_mid_run_loses_nothing(env, hub_env, botframework, monkeypatch) -> None:
+def test_storage_outage_mid_run_loses_nothing(env, hub_env, botframework, monkeypatch, tmp_path: Path) -> None:
     """Azurite (on disk) stops in the middle of a run of initiates and redemptions, then comes back on the same port."""
-    storage = Azurite(location=Path(tempfile.mkdtemp(prefix="azurite-outage-"))).start()
+    storage = Azurite(location=tmp_path).start()
     monkeypatch.setenv("HANDOFF_STORAGE_CONNECTION", storage.connection_string)
     try:
         minted = {}
