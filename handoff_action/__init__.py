@@ -4,8 +4,7 @@ Order of checks (../shared/DESIGN.md): size cap (413), the JWT itself (401), the
 claims against the activity (401), then the activity.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: the Functions worker reads main's annotations as real types.
 import logging
 
 import azure.functions as func

@@ -3,8 +3,7 @@
 Thin on purpose: bytes -> typed request (one call) -> act -> respond. See ../shared/DESIGN.md.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: the Functions worker reads main's annotations as real types.
 import azure.functions as func
 
 from shared import services

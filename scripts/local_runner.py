@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import threading
+import typing
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -122,6 +123,17 @@ def _route(spec_path: Path, prefix: str) -> Route:
         raise FunctionJsonError(
             f"{where}: the trigger binding is named {param_name!r} but {module_name}.{entry} takes {list(parameters)}"
         )
+    # Like the Functions worker: an annotated trigger parameter must be an azure.functions.HttpRequest (a real type).
+    import azure.functions as func
+
+    try:
+        hints = typing.get_type_hints(handler)
+    except Exception as exc:  # noqa: BLE001 - any unresolvable annotation fails to load in the worker too
+        raise FunctionJsonError(f"{where}: the annotations of {module_name}.{entry} do not resolve ({exc})") from exc
+    if param_name in hints and hints[param_name] is not func.HttpRequest:
+        raise FunctionJsonError(f"{where}: {module_name}.{entry}({param_name}) must be annotated azure.functions.HttpRequest")
+    if isinstance(handler.__annotations__.get(param_name), str):
+        raise FunctionJsonError(f"{where}: {module_name}.{entry} has string annotations (from __future__ import annotations); the worker needs real types")
     return Route(name, frozenset(methods), pattern, f"/{prefix}/{template}", auth_level, handler, param_name)
 
 

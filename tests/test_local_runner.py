@@ -105,6 +105,32 @@ def test_refuses_a_function_json_it_cannot_serve(tmp_path: Path, change, says: s
         load_routes(make_app(tmp_path, spec, name=name))
 
 
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        ("def main(req: str):\n    return None\n", "must be annotated azure.functions.HttpRequest"),
+        ("from __future__ import annotations\nimport azure.functions as func\ndef main(req: func.HttpRequest):\n    return None\n", "string annotations"),
+        ("def main(req: 'Missing'):\n    return None\n", "do not resolve"),
+    ],
+)
+def test_refuses_annotations_the_worker_would_refuse(tmp_path: Path, code: str, says: str) -> None:
+    with pytest.raises(FunctionJsonError, match=re.escape(says)):
+        load_routes(make_app(tmp_path, GOOD, code=code, name=f"fn_{abs(hash(says)) % 10**8}"))
+
+
+def test_the_functions_have_real_type_annotations() -> None:
+    import typing
+
+    import azure.functions as func
+
+    import handoff_action
+    import handoff_initiate
+
+    for module in (handoff_action, handoff_initiate):
+        assert typing.get_type_hints(module.main) == {"req": func.HttpRequest, "return": func.HttpResponse}
+        assert module.main.__annotations__["req"] is func.HttpRequest
+
+
 def test_accepts_a_good_function_json(tmp_path: Path) -> None:
     routes = load_routes(make_app(tmp_path, GOOD, name="fn_good_app"))
     assert routes[0].pattern.fullmatch("/api/x/42").group("id") == "42"
