@@ -61,10 +61,7 @@ class AppCredentials:
 
     def _fetch(self, deadline: Deadline) -> tuple[str, float]:
         if self._app_type == "UserAssignedMSI":
-            from azure.identity import ManagedIdentityCredential  # heavy: only on this path
-
-            access = ManagedIdentityCredential(client_id=self._app_id).get_token(SCOPE)
-            return access.token, access.expires_on - time.time()
+            return self._managed_identity_token()
         form = {
             "grant_type": "client_credentials",
             "client_id": self._app_id,
@@ -84,6 +81,26 @@ class AppCredentials:
             raise UpstreamRefused("The bot's credentials were refused by its token endpoint.", code="credentials_refused")
         body = response.json()
         return body["access_token"], float(body.get("expires_in", 3600))
+
+
+    def _managed_identity_token(self) -> tuple[str, float]:
+        from azure.core.exceptions import AzureError, ClientAuthenticationError
+        from azure.identity import CredentialUnavailableError, ManagedIdentityCredential  # heavy: only on this path
+
+        # A fresh credential per fetch (once per token lifetime): an instance that failed once refuses for good,
+        # and its default retries would outlast the invoke's deadline.
+        identity = ManagedIdentityCredential(client_id=self._app_id, retry_total=1, retry_backoff_factor=0.2)
+        try:
+            access = identity.get_token(SCOPE)
+        except CredentialUnavailableError as exc:
+            log.warning("The managed identity endpoint is unavailable: %s", type(exc).__name__)
+            raise ServiceUnavailable("The bot's managed identity is unavailable; retry shortly.", code="identity_unavailable") from exc
+        except ClientAuthenticationError as exc:
+            log.error("The managed identity %s could not get a Bot Framework token", self._app_id)
+            raise UpstreamRefused("The bot's managed identity was refused a token.", code="credentials_refused") from exc
+        except AzureError as exc:
+            raise ServiceUnavailable("The bot's managed identity is unavailable; retry shortly.", code="identity_unavailable") from exc
+        return access.token, access.expires_on - time.time()
 
 
 class BotConnector:

@@ -166,6 +166,47 @@ class TestRedemption:
         assert len(botframework.login.requests_to("/botframework.com/oauth2")) == requested
 
 
+class TestManagedIdentity:
+    """MicrosoftAppType=UserAssignedMSI: outbound tokens from azure-identity, here from a loopback stand-in for
+    App Service's identity endpoint (IDENTITY_ENDPOINT / IDENTITY_HEADER)."""
+
+    @pytest.fixture
+    def identity(self, env, monkeypatch):
+        server = LoopbackServer("identity-endpoint")
+        server.route("/msi/token", lambda r: Answer(200, {"access_token": "msi-bot-token", "expires_on": str(int(time.time()) + 3600),
+                                                          "resource": "https://api.botframework.com", "token_type": "Bearer"}))
+        monkeypatch.setenv("IDENTITY_ENDPOINT", server.url + "/msi/token")
+        monkeypatch.setenv("IDENTITY_HEADER", "identity-header-value")
+        monkeypatch.setenv("MicrosoftAppType", "UserAssignedMSI")
+        monkeypatch.setenv("MicrosoftAppPassword", "")
+        from shared import connector
+
+        monkeypatch.setattr(connector, "_credentials", {})  # each test starts with no cached bot token
+        yield server
+        server.stop()
+
+    def test_connector_calls_carry_the_managed_identity_token(self, identity, botframework) -> None:
+        token = mint()
+        assert redeem(botframework, token).status_code == 200
+        assert_continued(botframework)
+        requests = botframework.connector.requests_to(CONNECTOR_PATH, "POST")
+        assert {r.header("Authorization") for r in requests} == {"Bearer msi-bot-token"}
+        [asked] = identity.requests
+        assert f"client_id={APP_ID}" in asked.path and "resource=https://api.botframework.com" in asked.path
+        assert asked.header("X-IDENTITY-HEADER") == "identity-header-value"
+
+    def test_identity_endpoint_failing_is_503_and_the_token_survives(self, identity, botframework) -> None:
+        token = mint()
+        identity.script("/msi/token", *[Answer(500, {"error": "down"})] * 20)
+        response = redeem(botframework, token)
+        assert response.status_code == 503 and error_of(response)["code"] == "identity_unavailable"
+        assert response.headers["Retry-After"]
+        assert botframework.sent_activities() == []
+        identity.clear()
+        assert redeem(botframework, token).status_code == 200
+        assert_continued(botframework)
+
+
 class TestConnectorFaults:
     def test_fails_twice_then_succeeds(self, env, botframework) -> None:
         token = mint()
