@@ -73,6 +73,8 @@ def initiate(
     now: datetime,
 ) -> InitiateResult:
     handoff_id = handoff_id_for(request.conversation_id, request.activity_id)
+    token = new_token()
+    link = deep_link(bot_id, token)  # a configuration error surfaces before anything is written
     fresh = HandoffRecord(
         handoff_id=handoff_id,
         conversation_id=request.conversation_id,
@@ -99,7 +101,6 @@ def initiate(
         document["createdAt"] = to_iso(record.created_at)
 
     # The binding and expiry belong to the handoff as first recorded; every token of it shares them.
-    token = new_token()
     tokens.add(
         token,
         Grant(
@@ -110,7 +111,6 @@ def initiate(
             context=ContinuationContext.from_context(request.context),
         ),
     )
-    link = deep_link(bot_id, token)
 
     if hub is not None and _deliverable(record, now):
         body = event_body(

@@ -58,7 +58,7 @@ def redeem(
         else:
             try:
                 _send(connector, activity, continuation_messages(activity, grant.context), deadline)
-            except HandoffError:
+            except Exception:  # whatever failed, nothing was sent for sure: the user's retry must work
                 _release(handoffs, claim)
                 log.warning("handoff continuation failed, token released: handoffId=%s conversationId=%s", grant.handoff_id, _conversation(activity))
                 raise

@@ -240,6 +240,23 @@ class TestConnectorFaults:
         redeem(botframework, token)
         assert_continued(botframework)
 
+    def test_an_unexpected_failure_while_sending_releases_the_claim(self, env, botframework, monkeypatch) -> None:
+        from shared.connector import BotConnector
+
+        token = mint()
+        original = BotConnector.send_activities
+
+        def broken(self, *args, **kwargs):
+            raise RuntimeError("a bug in the sending code")
+
+        monkeypatch.setattr(BotConnector, "send_activities", broken)
+        response = redeem(botframework, token)
+        assert response.status_code == 500 and error_of(response)["code"] == "internal_error"
+        assert "bug" not in error_of(response)["message"]  # no internals echoed
+        monkeypatch.setattr(BotConnector, "send_activities", original)
+        assert redeem(botframework, token).status_code == 200
+        assert_continued(botframework)
+
     def test_token_endpoint_refusing_credentials_is_502(self, env, botframework, monkeypatch) -> None:
         token = mint()
         monkeypatch.setenv("MicrosoftAppPassword", "another-password")

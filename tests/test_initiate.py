@@ -247,6 +247,13 @@ class TestRefusals:
         error = error_of(response)
         assert error["code"] == "configuration_error" and "HANDOFF_TOKEN_TTL_SECONDS" in error["message"]
 
+    def test_missing_bot_id_is_a_configuration_error_before_any_write(self, env, monkeypatch, tables) -> None:
+        monkeypatch.setenv("MicrosoftAppId", "")
+        response = initiate(fixture_bytes(ACTIVITY_SET))
+        assert response.status_code == 500
+        assert error_of(response)["code"] == "configuration_error" and "HANDOFF_BOT_ID" in error_of(response)["message"]
+        assert list(tables.tokens.list_entities()) == [] and list(tables.handoffs.list_entities()) == []
+
     def test_storage_unreachable_is_503_and_a_retry_completes(self, env, monkeypatch, tables) -> None:
         working = env["HANDOFF_STORAGE_CONNECTION"]
         monkeypatch.setenv("HANDOFF_STORAGE_CONNECTION", Azurite(port=free_port()).connection_string)
