@@ -82,7 +82,6 @@ class AppCredentials:
         body = response.json()
         return body["access_token"], float(body.get("expires_in", 3600))
 
-
     def _managed_identity_token(self) -> tuple[str, float]:
         from azure.core.exceptions import AzureError, ClientAuthenticationError
         from azure.identity import CredentialUnavailableError, ManagedIdentityCredential  # heavy: only on this path
@@ -92,13 +91,12 @@ class AppCredentials:
         identity = ManagedIdentityCredential(client_id=self._app_id, retry_total=1, retry_backoff_factor=0.2)
         try:
             access = identity.get_token(SCOPE)
-        except CredentialUnavailableError as exc:
-            log.warning("The managed identity endpoint is unavailable: %s", type(exc).__name__)
-            raise ServiceUnavailable("The bot's managed identity is unavailable; retry shortly.", code="identity_unavailable") from exc
-        except ClientAuthenticationError as exc:
-            log.error("The managed identity %s could not get a Bot Framework token", self._app_id)
-            raise UpstreamRefused("The bot's managed identity was refused a token.", code="credentials_refused") from exc
         except AzureError as exc:
+            # CredentialUnavailableError (endpoint unreachable) subclasses ClientAuthenticationError, but is an outage.
+            if isinstance(exc, ClientAuthenticationError) and not isinstance(exc, CredentialUnavailableError):
+                log.error("The managed identity %s could not get a Bot Framework token", self._app_id)
+                raise UpstreamRefused("The bot's managed identity was refused a token.", code="credentials_refused") from exc
+            log.warning("The managed identity endpoint is unavailable: %s", type(exc).__name__)
             raise ServiceUnavailable("The bot's managed identity is unavailable; retry shortly.", code="identity_unavailable") from exc
         return access.token, access.expires_on - time.time()
 

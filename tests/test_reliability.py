@@ -27,7 +27,7 @@ from shared.settings import current_settings
 from shared.tokens import new_token
 from tests.conftest import FORBIDDEN_IN_LOGS, HUB_PATH, RELIABILITY_FIGURES
 from tests.helpers import ACTIVITY_SET, INVOKE, action, body_json, fixture, handoff_event, initiate, invoke
-from tests.test_action import FORGED
+from tests.test_action import FORGED, redeem
 from devtools.payloads import transcript_activities
 from tests.test_activities import mutate
 
@@ -37,10 +37,6 @@ def event(index: int, *, activities: int = 3) -> dict:
     built = handoff_event(id=f"91hcXEd0ZYCBPoRwBDPHZ6-o|{index:07d}")
     built["attachments"][0]["content"] = {"activities": transcript_activities(activities, seed=index)}
     return built
-
-
-def redeem_once(botframework: BotFramework, token: str) -> int:
-    return action(invoke(token, service_url=botframework.service_url), jwt=botframework.jwt()).status_code
 
 
 def continuations(botframework: BotFramework) -> int:
@@ -65,7 +61,7 @@ def test_storage_outage_mid_run_loses_nothing(env, hub_env, botframework, monkey
             minted[index] = body_json(initiate(event(index)))
         tokens = [minted[i]["continuationToken"] for i in range(20)]
         for token in tokens[:5]:
-            assert redeem_once(botframework, token) == 200
+            assert redeem(botframework, token).status_code == 200
 
         # The run: new initiates, repeats of recorded ones, and redemptions, each retried on 503 as a client would.
         work = [("initiate", i) for i in range(20, 30)] + [("repeat", i) for i in range(5)] + [("redeem", i) for i in range(5, 20)]
@@ -111,7 +107,7 @@ def test_storage_outage_mid_run_loses_nothing(env, hub_env, botframework, monkey
             assert json.loads(transcript) == event(index)["attachments"][0]["content"], f"handoff {index} damaged"
         assert continuations(botframework) == 20  # 5 before the outage, 15 during/after it: each exactly once
         for token in tokens:
-            assert redeem_once(botframework, token) == 200
+            assert redeem(botframework, token).status_code == 200
         assert continuations(botframework) == 20 and replays(botframework) == 20
         keys = Counter(r.header("Idempotency-Key") for r in hub_env.requests_to(HUB_PATH) if r.status == 202)
         assert len(keys) == 30 and set(keys.values()) == {1}, "each handoff delivered to the hub exactly once"
@@ -153,7 +149,7 @@ def test_connector_faults(env, botframework, faults, outcome: int) -> None:
     else:
         assert int(response.headers["Retry-After"]) >= 1 and continuations(botframework) == 0
         botframework.connector.clear()
-        assert redeem_once(botframework, token) == 200 and continuations(botframework) == 1
+        assert redeem(botframework, token).status_code == 200 and continuations(botframework) == 1
     RELIABILITY_FIGURES.append(f"connector fault {[f if isinstance(f, str) else f.status for f in faults[:2]]}{'…' if len(faults) > 2 else ''}: {response.status_code} in {elapsed:.1f}s")
 
 
@@ -162,7 +158,7 @@ def test_connector_refusing_connections_is_503_and_the_token_survives(env, botfr
     closed = f"http://127.0.0.1:{free_port()}/amer/"
     response = action(invoke(token, service_url=closed), jwt=botframework.jwt(service_url=closed))
     assert response.status_code == 503 and response.headers["Retry-After"]
-    assert redeem_once(botframework, token) == 200 and continuations(botframework) == 1
+    assert redeem(botframework, token).status_code == 200 and continuations(botframework) == 1
 
 
 @pytest.mark.parametrize(
@@ -347,7 +343,7 @@ def test_forged_requests_interleaved_with_valid_ones(env, botframework) -> None:
     assert all(status == 200 for kind, status in results if kind == "valid")
     assert continuations(botframework) == 10 and replays(botframework) == 0
     for token in forged_targets:  # none was consumed by a forged request
-        assert redeem_once(botframework, token) == 200
+        assert redeem(botframework, token).status_code == 200
     assert continuations(botframework) == 20
     RELIABILITY_FIGURES.append(f"forged vs valid: {len(jobs) - 10} forged requests (12 kinds) interleaved with 10 valid on 16 threads: "
                                "all forged 401, 0 outbound calls, 0 tokens consumed")
@@ -361,7 +357,7 @@ def test_disallowed_service_url_never_receives_a_token_under_concurrency(env, bo
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(lambda _: action(invoke(token, service_url=evil_url), jwt=botframework.jwt(service_url=evil_url)).status_code, range(24)))
         assert statuses == [401] * 24 and evil.requests == []
-        assert redeem_once(botframework, token) == 200
+        assert redeem(botframework, token).status_code == 200
     finally:
         evil.stop()
 
