@@ -11,13 +11,14 @@ This module imports nothing of storage or HTTP, so it stays cheap to import and 
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import from_json, to_json
 
-from shared.errors import InvalidActivity
+from shared.errors import InvalidActivity, InvalidHubEvent
 
 HANDOFF_EVENT_NAME = "handoff.initiate"
 HANDOFF_INVOKE_NAME = "handoff/action"
@@ -312,3 +313,214 @@ def _transcript(event: Activity, label: str) -> Transcript | None:
             activity_count=len(content["activities"]),
         )
     return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Hub calls: the body of POST /api/handoffs/{handoffId}/events (function handoff_hub), one event each.
+#
+# Strictly typed, as the contract's "handoff_hub" table says: no "3" for 3, no true for 1, no 3.0 for 3; null
+# counts as absent for an optional field (many serialisers write None as null). Fields of other types and
+# unknown fields are ignored (a hub may send more than we read). Attachments are kept as the dicts the hub sent
+# (they go to Teams as they are), checked only for shape. Every refusal is one `InvalidHubEvent` (a subclass of
+# `InvalidActivity`, code `invalid_event`) naming the field and what is expected.
+
+MAX_HUB_TEXT_CHARS = 28_000
+MAX_HUB_NAME_CHARS = 256
+# Queue positions and waits are shown to the user and stored: they must fit a 32-bit integer column.
+MAX_HUB_COUNT = 2**31 - 1
+
+
+class HubEventType(str, enum.Enum):
+    """What the engagement hub tells the app (hub -> app): the `type` of a `handoff_hub` call."""
+
+    QUEUED = "queued"
+    ACCEPTED = "accepted"
+    MESSAGE = "message"
+    TYPING = "typing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class TextFormat(str, enum.Enum):
+    """`textFormat` of an agent's message, as Teams takes it."""
+
+    PLAIN = "plain"
+    MARKDOWN = "markdown"
+
+
+class HubAgent(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    name: str
+
+
+class HubEvent(BaseModel):
+    """One hub call, validated. Fields a type does not have are None (or empty); `attachments` go to Teams as-is."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    type: HubEventType
+    handoff_id: str
+    position: int | None = None  # queued
+    wait_seconds: int | None = None  # queued
+    message: str | None = None  # queued, accepted, completed, failed: replaces the default wording
+    agent: HubAgent | None = None  # accepted (required), message (optional)
+    text: str | None = None  # message
+    text_format: TextFormat = TextFormat.PLAIN  # message
+    attachments: tuple[dict[str, Any], ...] = ()  # message
+
+
+def parse_hub_event(body: bytes, *, route_handoff_id: str) -> HubEvent:
+    """Bytes of a hub call -> its event, or `InvalidHubEvent` (400) saying which field is wrong and how."""
+    try:
+        document = _load_json(body)
+    except InvalidActivity as exc:
+        raise InvalidHubEvent(exc.message) from None
+    if not isinstance(document, dict):
+        raise InvalidHubEvent("The body must be a JSON object: one hub event with \"type\" and \"handoffId\".")
+
+    raw_type = document.get("type")
+    if raw_type is None:
+        raise InvalidHubEvent(f"type is required: one of {_HUB_TYPE_NAMES}.")
+    if not isinstance(raw_type, str) or raw_type not in _HUB_TYPES:
+        raise InvalidHubEvent(f"type must be one of {_HUB_TYPE_NAMES} (got {_described(raw_type)}).")
+    event_type = _HUB_TYPES[raw_type]
+
+    handoff_id = document.get("handoffId")
+    if handoff_id is None:
+        raise InvalidHubEvent("handoffId is required: the id of the handoff in the request's path.")
+    if not isinstance(handoff_id, str):
+        raise InvalidHubEvent(f"handoffId must be a string (got {_json_type(handoff_id)}).")
+    if handoff_id != route_handoff_id:
+        raise InvalidHubEvent("handoffId in the body must equal the handoff id in the request's path (/api/handoffs/{handoffId}/events).")
+
+    fields: dict[str, Any] = {"type": event_type, "handoff_id": handoff_id}
+    if event_type is HubEventType.QUEUED:
+        fields["position"] = _hub_count(document, "position", minimum=1)
+        fields["wait_seconds"] = _hub_count(document, "waitSeconds", minimum=0)
+    if event_type in (HubEventType.QUEUED, HubEventType.ACCEPTED, HubEventType.COMPLETED, HubEventType.FAILED):
+        fields["message"] = _hub_text(document, "message", "message")
+    if event_type is HubEventType.ACCEPTED:
+        fields["agent"] = _hub_agent(document, required=True)
+    if event_type is HubEventType.MESSAGE:
+        fields["agent"] = _hub_agent(document, required=False)
+        fields["text"] = _hub_text(document, "text", "text")
+        fields["text_format"] = _hub_text_format(document)
+        fields["attachments"] = _hub_attachments(document)
+        if fields["text"] is None and not fields["attachments"]:
+            raise InvalidHubEvent("A message event needs text (a non-empty string) or attachments (a non-empty list).")
+    return HubEvent.model_construct(**fields)
+
+
+_HUB_TYPES = {member.value: member for member in HubEventType}
+_HUB_TYPE_NAMES = ", ".join(_HUB_TYPES)
+_TEXT_FORMATS = {member.value: member for member in TextFormat}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number with a fraction or exponent"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _described(value: Any) -> str:
+    """A short description of a refused value: strings are quoted only when short and printable (never long input)."""
+    if isinstance(value, str) and len(value) <= 40 and value.isascii() and value.isprintable():
+        return repr(value)
+    return _json_type(value)
+
+
+def _hub_count(document: dict[str, Any], key: str, *, minimum: int) -> int | None:
+    value = document.get(key)
+    if value is None:
+        return None
+    expected = f"{key} must be an integer from {minimum} to {MAX_HUB_COUNT}"
+    # bool is an int in Python; true is not a count.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidHubEvent(f"{expected} (got {_json_type(value)}).")
+    if not minimum <= value <= MAX_HUB_COUNT:
+        shown = value if -10**12 < value < 10**12 else ("a larger number" if value > 0 else "a smaller number")
+        raise InvalidHubEvent(f"{expected} (got {shown}).")
+    return value
+
+
+def _hub_text(document: dict[str, Any], key: str, label: str) -> str | None:
+    """An optional text: None when absent, null, empty or only whitespace (there is nothing to show)."""
+    value = document.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidHubEvent(f"{label} must be a string (got {_json_type(value)}).")
+    if len(value) > MAX_HUB_TEXT_CHARS:
+        raise InvalidHubEvent(f"{label} is too long: at most {MAX_HUB_TEXT_CHARS:,} characters (got {len(value):,}); split it into several messages.")
+    return value if value.strip() else None
+
+
+def _hub_name(value: Any, label: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidHubEvent(f"{label} must be a string (got {_json_type(value)}).")
+    if not value.strip():
+        raise InvalidHubEvent(f"{label} must not be empty: it is shown to the user.")
+    if len(value) > MAX_HUB_NAME_CHARS:
+        raise InvalidHubEvent(f"{label} is too long: at most {MAX_HUB_NAME_CHARS} characters (got {len(value):,}).")
+    if not value.isprintable():
+        raise InvalidHubEvent(f"{label} must be one line of printable characters (no control characters or line breaks).")
+    return value
+
+
+def _hub_agent(document: dict[str, Any], *, required: bool) -> HubAgent | None:
+    value = document.get("agent")
+    if value is None:
+        if required:
+            raise InvalidHubEvent("agent is required for an accepted event: an object {\"name\": \"<the agent's display name>\"}.")
+        return None
+    if not isinstance(value, dict):
+        raise InvalidHubEvent(f"agent must be an object {{\"name\": \"<display name>\"}} (got {_json_type(value)}).")
+    if value.get("name") is None:
+        raise InvalidHubEvent("agent.name is required: the agent's display name, a string.")
+    return HubAgent.model_construct(name=_hub_name(value["name"], "agent.name"))
+
+
+def _hub_text_format(document: dict[str, Any]) -> TextFormat:
+    value = document.get("textFormat")
+    if value is None:
+        return TextFormat.PLAIN
+    if not isinstance(value, str) or value not in _TEXT_FORMATS:
+        raise InvalidHubEvent(f"textFormat must be \"plain\" (the default) or \"markdown\" (got {_described(value)}).")
+    return _TEXT_FORMATS[value]
+
+
+def _hub_attachments(document: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    value = document.get("attachments")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidHubEvent(f"attachments must be a list of Bot Framework attachments (got {_json_type(value)}).")
+    for index, attachment in enumerate(value):
+        where = f"attachments[{index}]"
+        if not isinstance(attachment, dict):
+            raise InvalidHubEvent(f"{where} must be an object {{contentType, content}} or {{contentType, contentUrl, name}} (got {_json_type(attachment)}).")
+        content_type = attachment.get("contentType")
+        if not isinstance(content_type, str) or not content_type.strip():
+            got = "missing" if content_type is None else f"got {_json_type(content_type)}"
+            raise InvalidHubEvent(f"{where}.contentType must be a non-empty string, e.g. \"application/vnd.microsoft.card.adaptive\" ({got}).")
+        if len(content_type) > MAX_HUB_NAME_CHARS or not content_type.isprintable():
+            raise InvalidHubEvent(f"{where}.contentType must be one line of at most {MAX_HUB_NAME_CHARS} printable characters.")
+        content_url = attachment.get("contentUrl")
+        if content_url is not None and (not isinstance(content_url, str) or not content_url.strip()):
+            raise InvalidHubEvent(f"{where}.contentUrl must be a non-empty string, the URL of the file (got {_json_type(content_url)}).")
+        if attachment.get("content") is None and content_url is None:
+            raise InvalidHubEvent(f"{where} needs content (e.g. an Adaptive Card) or contentUrl (a link to a file).")
+        if attachment.get("name") is not None:
+            _hub_name(attachment["name"], f"{where}.name")
+    return tuple(value)

@@ -31,6 +31,12 @@ class InvalidActivity(BadRequest):
     code = "invalid_activity"
 
 
+class InvalidHubEvent(InvalidActivity):
+    """The body of an engagement hub's call (`handoff_hub`) is not an event of the contract's table."""
+
+    code = "invalid_event"
+
+
 class Unauthorized(HandoffError):
     status = 401
     code = "unauthorized"
