@@ -12,6 +12,7 @@ This module imports nothing of storage or HTTP, so it stays cheap to import and 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -415,6 +416,10 @@ def parse_hub_event(body: bytes, *, route_handoff_id: str) -> HubEvent:
 _HUB_TYPES = {member.value: member for member in HubEventType}
 _HUB_TYPE_NAMES = ", ".join(_HUB_TYPES)
 _TEXT_FORMATS = {member.value: member for member in TextFormat}
+# Refused in a display name: C0/C1 controls, line and paragraph separators, and the bidi embeddings, overrides
+# and isolates that could make a name display as something else. Zero-width (non-)joiners stay: Persian and
+# Indic names, and emoji sequences, need them.
+_UNSHOWABLE_IN_A_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _json_type(value: Any) -> str:
@@ -473,8 +478,8 @@ def _hub_name(value: Any, label: str) -> str:
         raise InvalidHubEvent(f"{label} must not be empty: it is shown to the user.")
     if len(value) > MAX_HUB_NAME_CHARS:
         raise InvalidHubEvent(f"{label} is too long: at most {MAX_HUB_NAME_CHARS} characters (got {len(value):,}).")
-    if not value.isprintable():
-        raise InvalidHubEvent(f"{label} must be one line of printable characters (no control characters or line breaks).")
+    if _UNSHOWABLE_IN_A_NAME.search(value):
+        raise InvalidHubEvent(f"{label} must be one line of printable characters (no control characters, line breaks or bidi overrides).")
     return value
 
 
@@ -514,8 +519,8 @@ def _hub_attachments(document: dict[str, Any]) -> tuple[dict[str, Any], ...]:
         if not isinstance(content_type, str) or not content_type.strip():
             got = "missing" if content_type is None else f"got {_json_type(content_type)}"
             raise InvalidHubEvent(f"{where}.contentType must be a non-empty string, e.g. \"application/vnd.microsoft.card.adaptive\" ({got}).")
-        if len(content_type) > MAX_HUB_NAME_CHARS or not content_type.isprintable():
-            raise InvalidHubEvent(f"{where}.contentType must be one line of at most {MAX_HUB_NAME_CHARS} printable characters.")
+        if len(content_type) > MAX_HUB_NAME_CHARS or not (content_type.isascii() and content_type.isprintable()):
+            raise InvalidHubEvent(f"{where}.contentType must be one line of at most {MAX_HUB_NAME_CHARS} printable ASCII characters.")
         content_url = attachment.get("contentUrl")
         if content_url is not None and (not isinstance(content_url, str) or not content_url.strip()):
             raise InvalidHubEvent(f"{where}.contentUrl must be a non-empty string, the URL of the file (got {_json_type(content_url)}).")
