@@ -1,7 +1,9 @@
-"""POST /api/handoff/action: the Teams bot's messaging endpoint; redeems `handoff/action` invokes.
+"""POST /api/handoff/action: the Teams bot's messaging endpoint.
 
-Order of checks (../shared/DESIGN.md): size cap (413), the JWT itself (401), the body (400), the
-claims against the activity (401), then the activity.
+Order of checks (../shared/DESIGN.md): size cap (413), the JWT itself (401), the body (400), the claims against
+the activity (401), then the activity: a `handoff/action` invoke redeems its continuation token
+(`shared.redeem`); another invoke is 501; messages, edits, deletes, End chat and the bot's removal go to the
+handoff that owns the chat (`shared.relay`); anything else is answered 200 and ignored.
 """
 
 # No `from __future__ import annotations` here: the Functions worker reads main's annotations as real types.
@@ -15,7 +17,6 @@ from shared.botauth import authorize_activity, verify_token
 from shared.errors import NotImplementedActivity
 from shared.http import handles_errors, read_body
 from shared.outbound import Deadline
-from shared.redeem import redeem
 from shared.settings import current_settings
 from shared.timeutil import utcnow
 
@@ -32,24 +33,17 @@ def main(req: func.HttpRequest) -> func.HttpResponse:
     body = read_body(req, settings.max_body_bytes)
     if settings.auth_disabled:
         log.warning("HANDOFF_AUTH_DISABLED=true: Bot Framework authentication is OFF (local development only)")
-        token = None
+        jwt = None
     else:
-        token = verify_token(req.headers.get("Authorization"), app_id=settings.app_id, keys=services.openid_keys(settings))
+        jwt = verify_token(req.headers.get("Authorization"), app_id=settings.app_id, keys=services.openid_keys(settings), deadline=deadline)
     request = parse_bot_activity(body)
     activity = request.activity
-    authorize_activity(token, activity, allowed_hosts=settings.allowed_service_url_hosts)
+    authorize_activity(jwt, activity, allowed_hosts=settings.allowed_service_url_hosts)
 
     if request.action is not None:
-        redeem(
-            activity,
-            request.action.continuation,
-            tokens=services.token_store(settings),
-            handoffs=services.handoff_store(settings),
-            connector=services.bot_connector(settings),
-            deadline=deadline,
-            now=utcnow(),
-        )
-        return func.HttpResponse(status_code=200)
-    if activity.type == "invoke":
+        services.redemption(settings).redeem(activity, request.action.continuation, deadline=deadline, now=utcnow())
+    elif activity.type == "invoke":
         raise NotImplementedActivity("This endpoint handles only the handoff/action invoke.")
+    else:
+        services.relay(settings).handle(activity, deadline=deadline, now=utcnow())
     return func.HttpResponse(status_code=200)

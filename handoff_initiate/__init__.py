@@ -4,6 +4,8 @@ Thin on purpose: bytes -> typed request (one call) -> act -> respond. See ../sha
 """
 
 # No `from __future__ import annotations` here: the Functions worker reads main's annotations as real types.
+from datetime import timedelta
+
 import azure.functions as func
 
 from shared import services
@@ -11,14 +13,17 @@ from shared.activities import parse_handoff_initiate
 from shared.errors import BadRequest
 from shared.http import handles_errors, json_response, read_body
 from shared.initiate import Binding, initiate
+from shared.outbound import Deadline
 from shared.settings import current_settings
 from shared.timeutil import utcnow
 
 _MAX_BINDING_CHARS = 256
+ANSWER_WITHIN_SECONDS = 9.0
 
 
 @handles_errors("handoff_initiate")
 def main(req: func.HttpRequest) -> func.HttpResponse:
+    deadline = Deadline(ANSWER_WITHIN_SECONDS)
     settings = current_settings()
     request = parse_handoff_initiate(read_body(req, settings.max_body_bytes))
     if request is None:
@@ -27,10 +32,12 @@ def main(req: func.HttpRequest) -> func.HttpResponse:
         request,
         _binding(req),
         handoffs=services.handoff_store(settings),
-        tokens=services.token_store(settings),
-        hub=services.hub_client(settings),
+        schedule=services.schedule(settings),
+        outbox=services.outbox(settings),
         bot_id=settings.bot_id,
         ttl_seconds=settings.token_ttl_seconds,
+        retention=timedelta(days=settings.retention_days),
+        deadline=deadline,
         now=utcnow(),
     )
     return json_response(result.body(), 201 if result.created else 200)

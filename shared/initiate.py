@@ -1,36 +1,42 @@
 """Record a Copilot Studio handoff, mint its continuation token, and deliver it to the engagement hub.
 
-Data flow: a validated `HandoffRequest` in; one batch transaction records the handoff with its blobs
-(first writer wins, so a repeat is recognised by the conflict); a token row is added for a new token;
-the hub delivery is claimed with a lease (If-Match) so that concurrent repeats deliver once; the outcome
-comes back as an `InitiateResult`.
+Data flow: a validated `HandoffRequest` in; the sweeper's expiry and retention rows are scheduled; one batch
+transaction records the handoff with its blobs, its first token and its first event, `handoff.requested`
+(first writer wins, so a repeat is recognised by the conflict), taking the delivery lease; the event is
+posted through the outbox (`shared.outbox`), so that concurrent repeats deliver once and a hub outage leaves
+it to the sweeper; the outcome comes back as an `InitiateResult`. A repeat adds a token row and resumes a
+delivery that is due.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.cards import continue_card, deep_link
 from shared.errors import ServiceUnavailable
-from shared.handoffs import PENDING, SENDING, SKIPPED, HandoffRecord, handoff_id_for
+from shared.handoffs import Handoff, Reminder, StoredEvent, handoff_id_for
 from shared.hub import event_body
+from shared.outbox import LEASE, Outbox
+from shared.schedule import Due
 from shared.timeutil import to_iso
-from shared.tokens import ContinuationContext, Grant, new_token
+from shared.tokens import mint, row_key
+from shared.vocabulary import Delivery, DueKind, EventType
 
 if TYPE_CHECKING:
-    from shared.activities import HandoffRequest
+    from shared.activities import HandoffContext, HandoffRequest
     from shared.handoffs import HandoffStore
-    from shared.hub import HubClient
-    from shared.tokens import TokenStore
+    from shared.outbound import Deadline
+    from shared.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
-# How long one caller owns a hub delivery; past it (the owner died), a repeated callback takes over.
-HUB_LEASE = timedelta(seconds=30)
+_REMINDER_FIELD_CHARS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +50,19 @@ class Binding:
 @dataclass(frozen=True, slots=True)
 class InitiateResult:
     created: bool
-    record: HandoffRecord
+    handoff: Handoff
     token: str
     deep_link: str
     card: dict[str, Any]
 
     def body(self) -> dict[str, Any]:
         return {
-            "handoffId": self.record.handoff_id,
-            "conversationId": self.record.conversation_id,
+            "handoffId": self.handoff.handoff_id,
+            "conversationId": self.handoff.conversation_id,
             "continuationToken": self.token,
             "deepLink": self.deep_link,
-            "expiresAt": to_iso(self.record.expires_at),
-            "hub": {"status": self.record.public_hub_status},
+            "expiresAt": to_iso(self.handoff.expires_at),
+            "hub": {"status": self.handoff.requested_delivery.value},
             "card": self.card,
         }
 
@@ -66,16 +72,20 @@ def initiate(
     binding: Binding,
     *,
     handoffs: HandoffStore,
-    tokens: TokenStore,
-    hub: HubClient | None,
+    schedule: Schedule,
+    outbox: Outbox,
     bot_id: str,
     ttl_seconds: int,
+    retention: timedelta,
+    deadline: Deadline,
     now: datetime,
 ) -> InitiateResult:
     handoff_id = handoff_id_for(request.conversation_id, request.activity_id)
-    token = new_token()
+    token = mint(handoff_id)
     link = deep_link(bot_id, token)  # a configuration error surfaces before anything is written
-    fresh = HandoffRecord(
+    hub = outbox.hub_configured
+    sender_id = secrets.token_hex(8) if hub else None
+    fresh = Handoff(
         handoff_id=handoff_id,
         conversation_id=request.conversation_id,
         activity_id=request.activity_id,
@@ -83,53 +93,105 @@ def initiate(
         expires_at=now + timedelta(seconds=ttl_seconds),
         user_id=binding.user_id,
         tenant_id=binding.tenant_id,
-        hub_status=PENDING if hub is not None else SKIPPED,
+        reminder=_reminder(request.context),
+        requested_delivery=Delivery.PENDING if hub else Delivery.SKIPPED,
+        last_activity_at=now,
+        next_seq=2,
+        settled_seq=0 if hub else 1,
+        sender_id=sender_id,
+        sender_until=now + LEASE if hub else None,
     )
     document = _document(request, created_at=to_iso(now))
-    blobs = {"document": json.dumps(document, ensure_ascii=False).encode("utf-8")}
+    blobs = {"document": json.dumps(document, ensure_ascii=False, allow_nan=False).encode("utf-8")}
     transcript = request.transcript
     inline = transcript.json_bytes if transcript is not None else None
     if inline is not None:
         blobs["transcript"] = inline
+    requested = StoredEvent(handoff_id=handoff_id, seq=1, type=EventType.REQUESTED, occurred_at=now)
 
-    record = handoffs.create(fresh, blobs)
-    created = record is not None
-    if record is None:
-        record = handoffs.get(handoff_id)
-        if record is None:  # cannot happen while records are only ever created whole
+    # The sweeper's work is scheduled first: an index row that turns out to need nothing is harmless, a handoff
+    # the sweeper could never find would be kept for ever.
+    schedule.add(Due(fresh.expires_at, DueKind.EXPIRE, handoff_id), Due(now + retention, DueKind.PURGE, handoff_id))
+    handoff = handoffs.create(fresh, blobs, token_key=row_key(token), first_event=requested)
+    created = handoff is not None
+    if handoff is not None:
+        if sender_id is not None:
+            body = requested_body(handoff, requested, document=document, transcript_json=inline, deep_link=link)
+            result = outbox.drain(handoff, sender_id, deadline=deadline, now=now, known=[requested], bodies={1: body})
+            handoff = result.handoff or handoff
+    else:
+        handoff = handoffs.find(handoff_id)
+        if handoff is None:  # cannot happen while records are only ever created whole
             raise ServiceUnavailable("The handoff record could not be read back; retry shortly.", code="storage_unavailable")
-        document["createdAt"] = to_iso(record.created_at)
-
-    # The binding and expiry belong to the handoff as first recorded; every token of it shares them.
-    tokens.add(
-        token,
-        Grant(
-            handoff_id=handoff_id,
-            expires_at=record.expires_at,
-            user_id=record.user_id,
-            tenant_id=record.tenant_id,
-            context=ContinuationContext.from_context(request.context),
-        ),
-    )
-
-    if hub is not None and _deliverable(record, now):
-        body = event_body(
-            handoff_id=handoff_id,
-            document=document,
-            transcript_json=inline,
-            deep_link=link,
-        )
-        record = _deliver(record, hub, handoffs, body=body, now=now)
+        # The binding and expiry belong to the handoff as first recorded; every token of it shares them.
+        handoffs.add_token(handoff, row_key(token))
+        handoff = outbox.resume(handoff, deadline=deadline, now=now).handoff or handoff
 
     log.info(
-        "handoff %s: handoffId=%s conversationId=%s hub=%s",
+        "handoff %s: handoffId=%s hub=%s",
         "recorded" if created else "repeated",
         handoff_id,
-        request.conversation_id,
-        record.public_hub_status,
+        handoff.requested_delivery.value,
     )
-    card = continue_card(link, bot_name=request.context.bot_name, expires_at=to_iso(record.expires_at))
-    return InitiateResult(created=created, record=record, token=token, deep_link=link, card=card)
+    card = continue_card(link, bot_name=request.context.bot_name, expires_at=to_iso(handoff.expires_at))
+    return InitiateResult(created=created, handoff=handoff, token=token, deep_link=link, card=card)
+
+
+def requested_body(
+    handoff: Handoff, event: StoredEvent, *, document: dict[str, Any], transcript_json: bytes | None, deep_link: str | None
+) -> bytes:
+    """`handoff.requested`: conversation, context, createdAt as recorded, a deep link, the transcript as received."""
+    transcript = transcript_json if transcript_json is not None else json.dumps(document.get("transcriptReference")).encode()
+    return event_body(
+        type_=EventType.REQUESTED,
+        handoff_id=handoff.handoff_id,
+        seq=event.seq,
+        occurred_at=to_iso(event.occurred_at),
+        fields={
+            "conversation": document["conversation"],
+            "context": document["context"],
+            "deepLink": deep_link,
+            "expiresAt": to_iso(handoff.expires_at),
+            "createdAt": document["createdAt"],
+        },
+        raw_tail=("transcript", transcript),
+    )
+
+
+class RequestedRenderer:
+    """Renders a re-delivered `handoff.requested`: the recorded blobs, and a freshly minted link of the same
+    handoff while it has not expired (tokens are never stored in plaintext, so the first one cannot be re-sent)."""
+
+    def __init__(self, *, handoffs: HandoffStore, bot_id: str, now: Callable[[], datetime]) -> None:
+        self._handoffs = handoffs
+        self._bot_id = bot_id
+        self._now = now
+
+    def __call__(self, handoff: Handoff, event: StoredEvent) -> bytes:
+        document = json.loads(self._handoffs.read_blob(handoff.handoff_id, "document") or b"{}")
+        transcript = self._handoffs.read_blob(handoff.handoff_id, "transcript")
+        link = None
+        if handoff.expires_at > self._now() and handoff.claim_id is None and self._bot_id:
+            token = mint(handoff.handoff_id)
+            self._handoffs.add_token(handoff, row_key(token))
+            link = deep_link(self._bot_id, token)
+        return requested_body(handoff, event, document=document, transcript_json=transcript, deep_link=link)
+
+
+def _reminder(context: HandoffContext) -> Reminder:
+    return Reminder(
+        bot_name=_cap(context.bot_name),
+        last_topic=_cap(context.last_topic),
+        last_phrase=_cap(context.last_phrase),
+        agent_message=_cap(context.agent_message),
+        language=_cap(context.language),
+    )
+
+
+def _cap(text: str | None) -> str | None:
+    if text is None or len(text) <= _REMINDER_FIELD_CHARS:
+        return text
+    return text[: _REMINDER_FIELD_CHARS - 1] + "…"
 
 
 def _document(request: HandoffRequest, *, created_at: str) -> dict[str, Any]:
@@ -159,30 +221,3 @@ def _document(request: HandoffRequest, *, created_at: str) -> dict[str, Any]:
             else None
         ),
     }
-
-
-def _deliverable(record: HandoffRecord, now: datetime) -> bool:
-    if record.hub_status == PENDING:
-        return True
-    return record.hub_status == SENDING and (record.hub_lease_until is None or record.hub_lease_until <= now)
-
-
-def _deliver(record: HandoffRecord, hub: HubClient, handoffs: HandoffStore, *, body: bytes, now: datetime) -> HandoffRecord:
-    leased = handoffs.update_hub(record, hub_status=SENDING, hub_lease_until=now + HUB_LEASE, hub_attempts=record.hub_attempts + 1)
-    if leased is None:
-        # Another caller is delivering this handoff right now: it will record the outcome.
-        return record if record.hub_status == SENDING else _with_status(record, SENDING)
-    result = hub.deliver(record.handoff_id, body)
-    log.info("hub delivery of handoffId=%s: %s (%s)", record.handoff_id, result.status, result.detail)
-    try:
-        final = handoffs.update_hub(leased, hub_status=result.status, hub_lease_until=None)
-    except ServiceUnavailable:
-        # Delivered (or not) but not recorded: the lease lapses and a repeated callback re-attempts with the
-        # same Idempotency-Key, which the hub uses to drop the duplicate.
-        log.warning("hub outcome of handoffId=%s could not be recorded; a repeat will re-attempt it", record.handoff_id)
-        return _with_status(leased, result.status)
-    return final if final is not None else _with_status(leased, result.status)
-
-
-def _with_status(record: HandoffRecord, status: str) -> HandoffRecord:
-    return replace(record, hub_status=status)

@@ -1,135 +1,299 @@
-"""Redeem a continuation token exactly once and continue the conversation with the user.
+"""Redeem a continuation token exactly once, link the handoff to the user's Teams chat, and continue there.
 
-One point read (the token row), then one conditional write (the handoff's claim row, first writer wins
-across every token of the handoff and every instance). Only the winner sends the continuation; if the
-Bot Connector fails, the claim is released with another conditional write so that the user's retry works.
-Tokens that cannot be redeemed (unknown, expired, spent, bound to someone else) cost no write at all.
+Happy path (DESIGN "Storage budgets": 2 point reads, 3 writes, the connector POSTs, the handoff.connected POST):
+1. read the record and the token row (two point reads in the handoff's partition);
+2. claim: one batch in the partition: the record merged with If-Match (claim id, the Teams conversation, the
+   next seq, the delivery lease), the `claim` row created, the `handoff.connected` event staged. Of any number
+   of concurrent redemptions exactly one commits; the others see the 412/409 and read the winner's claim;
+3. link the chat to the handoff (create the link row; a chat that had a handoff already is re-linked with
+   If-Match, and that handoff ends as `superseded` once the continuation went out);
+4. send the continuation messages; then post `handoff.connected` and record `connected` with the delivery
+   outcome in one write.
+If sending fails, the claim is released (record, claim row, event and link put back, conditionally), so the
+user's retry works. If the claim's outcome is unknown (its answer was lost), the record is read back: our
+random claim id there means the claim landed. A claim left `connecting` by an instance that died is taken
+over by the same user in the same chat after `STALE_CLAIM`.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+import secrets
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from shared.errors import HandoffError
-from shared.tokens import ContinuationContext, well_formed
+from shared import teams as say
+from shared.errors import HandoffError, ServiceUnavailable
+from shared.handoffs import CLAIM, Handoff, OutcomeUnknown, RowExists, Stale, claim_entity, event_row_key
+from shared.logsafe import clean
+from shared.outbox import Draft, stage
+from shared.teams import conversation_of, end_chat_card
+from shared.tokens import parse
+from shared.vocabulary import EndReason, EventType, State
 
 if TYPE_CHECKING:
     from shared.activities import Activity
-    from shared.connector import BotConnector
-    from shared.handoffs import Claim, HandoffStore
+    from shared.handoffs import HandoffStore, TeamsConversation
+    from shared.links import Link, LinkStore
     from shared.outbound import Deadline
-    from shared.tokens import Grant, TokenStore
+    from shared.outbox import Outbox
+    from shared.teams import TeamsChat
 
 log = logging.getLogger(__name__)
 
-CANNOT_CONTINUE = (
-    "Sorry, this handoff can't continue: the link has expired, was already used, or isn't meant for you. "
-    "Please start a new conversation and we'll be glad to help."
-)
+STALE_CLAIM = timedelta(seconds=30)
+_ATTEMPTS = 4
 
 
-class Outcome(enum.Enum):
+class Outcome(str, enum.Enum):
     REDEEMED = "redeemed"
+    ALREADY_CONNECTED = "already_connected"
     REPLAYED = "replayed"
     EXPIRED = "expired"
+    ENDED = "ended"
     UNKNOWN = "unknown"
-    REFUSED = "refused"  # bound to another user or tenant
+    REFUSED = "refused"  # bound to another user or tenant, or not a personal chat
 
 
-def redeem(
-    activity: Activity,
-    continuation: str,
-    *,
-    tokens: TokenStore,
-    handoffs: HandoffStore,
-    connector: BotConnector,
-    deadline: Deadline,
-    now: datetime,
-) -> Outcome:
-    grant = tokens.get(continuation) if well_formed(continuation) else None
-    outcome = _check(grant, activity, now=now)
-    if grant is not None and outcome is Outcome.REDEEMED:
-        claim = handoffs.claim(grant.handoff_id, at=now)
-        if claim is None:
-            outcome = Outcome.REPLAYED
+def is_personal(activity: Activity) -> bool:
+    kind = activity.conversation.conversation_type if activity.conversation else None
+    return kind is None or kind == "personal"
+
+
+def user_key(activity: Activity) -> str:
+    account = activity.from_
+    if account is None:
+        return ""
+    return (account.aad_object_id or account.id or "").lower()
+
+
+class Redemption:
+    def __init__(self, *, handoffs: HandoffStore, links: LinkStore, outbox: Outbox, chat: TeamsChat) -> None:
+        self._handoffs = handoffs
+        self._links = links
+        self._outbox = outbox
+        self._chat = chat
+
+    def redeem(self, activity: Activity, token: str, *, deadline: Deadline, now: datetime) -> Outcome:
+        teams = conversation_of(activity)
+        continuation = parse(token) if is_personal(activity) else None
+        handoff = self._handoffs.find(continuation.handoff_id) if continuation else None
+        known = handoff is not None and self._handoffs.has_token(handoff.handoff_id, continuation.row_key)  # type: ignore[union-attr]
+        outcome = Outcome.UNKNOWN
+        for _ in range(_ATTEMPTS):
+            outcome = _check(handoff if known else None, activity, teams, now=now)
+            if outcome is not Outcome.REDEEMED:
+                break
+            assert handoff is not None
+            claimed, handoff = self._claim(handoff, activity, teams, now=now)
+            if claimed is not None:
+                self._continue(handoff, claimed, activity, teams, deadline=deadline, now=now)
+                break
+            if handoff is None:
+                outcome = Outcome.UNKNOWN
+                break
         else:
+            raise ServiceUnavailable("The handoff is changing right now; retry shortly.", code="busy", retry_after=1)
+
+        if outcome is Outcome.ALREADY_CONNECTED:
+            self._chat.send(teams, [say.text(teams, say.ALREADY_CONNECTED, reply_to=activity.id)], deadline)
+        elif outcome is not Outcome.REDEEMED:
+            self._chat.send(teams, [say.text(teams, say.CANNOT_CONTINUE, reply_to=activity.id)], deadline)
+        log.info(
+            "handoff action %s: handoffId=%s conversationId=%s",
+            outcome.value, handoff.handoff_id if handoff and known else "-", clean(teams.conversation_id),
+        )
+        return outcome
+
+    # ---- the claim
+
+    def _claim(self, handoff: Handoff, activity: Activity, teams: TeamsConversation, *, now: datetime) -> tuple[str | None, Handoff | None]:
+        """(claim id, claimed record) when this request won; (None, fresh record) when it must look again."""
+        claim_id = secrets.token_hex(16)
+        connected_fields = {
+            "user": {k: teams.user[k] for k in ("id", "aadObjectId", "name") if k in teams.user},
+            "tenantId": teams.tenant_id,
+            "locale": teams.locale,
+        }
+        updated = replace(handoff, claim_id=claim_id, claimed_at=now, teams=teams)
+        staged = stage(
+            handoff, updated, [Draft(EventType.CONNECTED, connected_fields)], now=now, hub_configured=self._outbox.hub_configured
+        )
+        redemption = claim_entity(handoff.handoff_id, claim_id, now)
+        taking_over = handoff.claim_id is not None  # a claim left by an instance that died: the record's If-Match decides
+        try:
+            committed = self._handoffs.commit(
+                handoff,
+                staged.updated,
+                create=staged.rows if taking_over else [redemption, *staged.rows],
+                upsert=[redemption] if taking_over else (),
+            )
+        except (Stale, RowExists, OutcomeUnknown) as exc:
+            # Lost to a concurrent change, or the answer was lost: the record says who holds the claim now.
+            fresh = self._handoffs.find(handoff.handoff_id)
+            if fresh is not None and fresh.claim_id == claim_id:
+                log.info("redemption of handoffId=%s landed although its answer was lost (%s)", handoff.handoff_id, type(exc).__name__)
+                return claim_id, fresh
+            return None, fresh
+        return claim_id, committed
+
+    def _continue(
+        self, handoff: Handoff, claim_id: str, activity: Activity, teams: TeamsConversation, *, deadline: Deadline, now: datetime
+    ) -> None:
+        link: Link | None = None
+        previous: str | None = None
+        created_link = False
+        try:
+            link, previous, created_link = self._link(teams.conversation_id, handoff.handoff_id)
+            self._chat.send(teams, _continuation_messages(handoff, teams, reply_to=activity.id), deadline)
+        except Exception:  # whatever failed, the user's retry must work: put everything back
+            self._release(handoff, claim_id, link, previous, created_link)
+            log.warning(
+                "handoff continuation failed, redemption released: handoffId=%s conversationId=%s",
+                handoff.handoff_id, clean(teams.conversation_id),
+            )
+            raise
+        if previous is not None:
+            self._supersede(previous, deadline=deadline, now=now)
+        self._connect(handoff, deadline=deadline, now=now)
+
+    def _link(self, conversation_id: str, handoff_id: str) -> tuple[Link, str | None, bool]:
+        """(link, handoff it took the chat from, whether we created it)."""
+        for _ in range(_ATTEMPTS):
+            link = self._links.create_if_new(conversation_id, handoff_id)
+            if link is not None:
+                return link, None, True
+            existing = self._links.find(conversation_id)
+            if existing is None:
+                continue
+            if existing.handoff_id == handoff_id:
+                return existing, None, False
             try:
-                _send(connector, activity, continuation_messages(activity, grant.context), deadline)
-            except Exception:  # whatever failed, nothing was sent for sure: the user's retry must work
-                _release(handoffs, claim)
-                log.warning("handoff continuation failed, token released: handoffId=%s conversationId=%s", grant.handoff_id, _conversation(activity))
-                raise
-    if outcome is not Outcome.REDEEMED:
-        _send(connector, activity, [reply(activity, type="message", text=CANNOT_CONTINUE)], deadline)
-    log.info("handoff action %s: handoffId=%s conversationId=%s", outcome.value, grant.handoff_id if grant else "-", _conversation(activity))
-    return outcome
+                return self._links.replace(existing, handoff_id), existing.handoff_id, False
+            except Stale:
+                continue
+        raise ServiceUnavailable("The conversation is changing right now; retry shortly.", code="busy", retry_after=1)
+
+    def _connect(self, handoff: Handoff, *, deadline: Deadline, now: datetime) -> None:
+        """Post handoff.connected (when this request holds the delivery lease) and record `connected`, one write."""
+        current = handoff
+        for _ in range(_ATTEMPTS):
+            if current.sender_id is not None and current.sender_until is not None and current.sender_until > now and current.unsettled:
+                result = self._outbox.drain(current, current.sender_id, deadline=deadline, now=now, also={"connected": True})
+                if result.handoff is not None:
+                    return
+                current = self._handoffs.find(handoff.handoff_id) or current
+                if current.connected:
+                    return
+            try:
+                self._handoffs.commit(current, replace(current, connected=True))
+                return
+            except Stale:
+                fresh = self._handoffs.find(handoff.handoff_id)
+                if fresh is None or fresh.connected:
+                    return
+                current = fresh
+        log.warning("could not record handoffId=%s as connected; it counts as connected after %s", handoff.handoff_id, STALE_CLAIM)
+
+    def _supersede(self, handoff_id: str, *, deadline: Deadline, now: datetime) -> None:
+        """The chat's previous handoff ends (`superseded`) and its hub is told."""
+        try:
+            end_handoff(self._handoffs, self._outbox, handoff_id, EndReason.SUPERSEDED, deadline=deadline, now=now)
+        except HandoffError:
+            log.warning("could not end the superseded handoffId=%s; it no longer owns the chat", handoff_id)
+
+    def _release(self, handoff: Handoff, claim_id: str, link: Link | None, previous: str | None, created_link: bool) -> None:
+        try:
+            if link is not None:
+                if created_link:
+                    self._links.delete_if_unchanged(link)
+                elif previous is not None:
+                    self._links.replace(link, previous)
+            fresh = self._handoffs.find(handoff.handoff_id)
+            if fresh is None or fresh.claim_id != claim_id:
+                return
+            reverted = replace(
+                fresh,
+                claim_id=None,
+                claimed_at=None,
+                teams=None,
+                next_seq=fresh.next_seq - 1,
+                sender_id=None,
+                sender_until=None,
+            )
+            self._handoffs.commit(fresh, reverted, delete=[(CLAIM, None), (event_row_key(fresh.next_seq - 1), None)])
+        except (HandoffError, Stale):
+            log.error("could not release the redemption of handoffId=%s: the same user can retry after %s", handoff.handoff_id, STALE_CLAIM)
 
 
-def _check(grant: Grant | None, activity: Activity, *, now: datetime) -> Outcome:
+def end_handoff(
+    handoffs: HandoffStore, outbox: Outbox, handoff_id: str, reason: EndReason, *, deadline: Deadline, now: datetime
+) -> Handoff | None:
+    """End a handoff (if it is not ended yet) and send `handoff.ended` to the hub. None: no such handoff."""
+    for _ in range(_ATTEMPTS):
+        current = handoffs.find(handoff_id)
+        if current is None or current.ended:
+            return current
+        staged = stage(
+            current,
+            replace(current, state=State.ENDED, end_reason=reason),
+            [Draft(EventType.ENDED, {"reason": reason.value})],
+            now=now,
+            hub_configured=outbox.hub_configured,
+        )
+        try:
+            committed = handoffs.commit(current, staged.updated, create=staged.rows)
+        except (Stale, RowExists):
+            continue
+        if staged.sender_id is not None:
+            result = outbox.drain(committed, staged.sender_id, deadline=deadline, now=now, known=staged.events)
+            return result.handoff or committed
+        return committed
+    raise ServiceUnavailable("The handoff is changing right now; retry shortly.", code="busy", retry_after=1)
+
+
+def _check(handoff: Handoff | None, activity: Activity, teams: TeamsConversation, *, now: datetime) -> Outcome:
     """What the token allows this activity, before any write: REDEEMED means "may claim"."""
-    if grant is None:
+    if handoff is None:
         return Outcome.UNKNOWN
-    if grant.expires_at <= now:
+    if not is_personal(activity):
+        return Outcome.REFUSED
+    same_chat = handoff.teams is not None and handoff.teams.conversation_id == teams.conversation_id
+    same_user = handoff.teams is not None and handoff.teams.user_key == teams.user_key and bool(teams.user_key)
+    if handoff.claim_id is not None and same_chat and same_user and not handoff.ended:
+        if handoff.connected:
+            return Outcome.ALREADY_CONNECTED
+        if handoff.claimed_at is not None and handoff.claimed_at + STALE_CLAIM <= now:
+            return Outcome.REDEEMED  # an instance died while connecting: the same user takes over
+        raise ServiceUnavailable("This link is being opened right now; retry shortly.", code="in_progress", retry_after=2)
+    if handoff.ended:
+        return Outcome.ENDED
+    if handoff.expires_at <= now:
         return Outcome.EXPIRED
     user = activity.from_.aad_object_id if activity.from_ is not None else None
-    if grant.user_id and (not user or user.lower() != grant.user_id.lower()):
+    if handoff.user_id and (not user or user.lower() != handoff.user_id.lower()):
         return Outcome.REFUSED
     tenant = activity.tenant_id
-    if grant.tenant_id and (not tenant or tenant.lower() != grant.tenant_id.lower()):
+    if handoff.tenant_id and (not tenant or tenant.lower() != handoff.tenant_id.lower()):
         return Outcome.REFUSED
+    if handoff.claim_id is not None:
+        return Outcome.REPLAYED
     return Outcome.REDEEMED
 
 
-def continuation_messages(activity: Activity, context: ContinuationContext) -> list[dict[str, Any]]:
-    """What the user sees: that the conversation continues, a typing indicator, then where they left off."""
-    who = context.bot_name or "our virtual assistant"
-    lines = [f"Here's where you left off with {who}:"]
-    if context.last_topic:
-        lines.append(f"- **Topic:** {context.last_topic}")
-    if context.last_phrase:
-        lines.append(f"- **You said:** {context.last_phrase}")
-    if context.agent_message:
-        lines.append(f"- **{who}:** {context.agent_message}")
+def _continuation_messages(handoff: Handoff, teams: TeamsConversation, *, reply_to: str | None) -> list[dict]:
+    """That the conversation continues, a typing indicator, where the user left off, where the agent side stands."""
+    first, reminder = say.continuation_texts(handoff.reminder)
+    if handoff.state is State.ACCEPTED and handoff.agent_name:
+        status = say.ready_text(handoff.agent_name)
+    else:
+        queue = say.queue_text(handoff.queue_position, handoff.wait_seconds)
+        status = f"{say.WAITING} {queue}" if queue else say.WAITING
     return [
-        reply(
-            activity,
-            type="message",
-            text=f"You're continuing your earlier conversation with {who}. Nothing you said has been lost.",
-        ),
-        reply(activity, type="typing"),
-        reply(activity, type="message", text="\n".join(lines), textFormat="markdown"),
+        say.text(teams, first, reply_to=reply_to),
+        say.typing(teams, reply_to=reply_to),
+        say.text(teams, reminder, reply_to=reply_to, textFormat="markdown"),
+        say.text(teams, status, reply_to=reply_to, attachments=[end_chat_card(handoff.handoff_id)]),
     ]
-
-
-def reply(activity: Activity, **fields: Any) -> dict[str, Any]:
-    """An activity from the bot (the invoke's recipient) to the user (its sender), replying to the invoke."""
-    dump = {"by_alias": True, "exclude_none": True}
-    message: dict[str, Any] = {
-        "from": activity.recipient.model_dump(**dump) if activity.recipient else None,
-        "recipient": activity.from_.model_dump(**dump) if activity.from_ else None,
-        "conversation": activity.conversation.model_dump(**dump) if activity.conversation else None,
-        "channelId": activity.channel_id,
-        "serviceUrl": activity.service_url,
-        "replyToId": activity.id,
-        "locale": activity.locale,
-        **fields,
-    }
-    return {k: v for k, v in message.items() if v is not None}
-
-
-def _send(connector: BotConnector, activity: Activity, messages: list[dict[str, Any]], deadline: Deadline) -> None:
-    connector.send_activities(activity.service_url or "", _conversation(activity), messages, deadline)
-
-
-def _release(handoffs: HandoffStore, claim: Claim) -> None:
-    try:
-        handoffs.release(claim)
-    except HandoffError:
-        log.error("could not release the claim on handoffId=%s: the user must start a new conversation", claim.handoff_id)
-
-
-def _conversation(activity: Activity) -> str:
-    return activity.conversation.id if activity.conversation and activity.conversation.id else ""

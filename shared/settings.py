@@ -6,6 +6,10 @@ because it is an operator's mistake, not the caller's.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
+import math
 import os
 import re
 import threading
@@ -16,13 +20,28 @@ from urllib.parse import urlsplit
 from shared.errors import ConfigurationError
 
 DEFAULT_OPENID_METADATA_URL = "https://login.botframework.com/v1/.well-known/openidconfiguration"
-DEFAULT_ALLOWED_HOSTS = ("botframework.com", "botframework.us", "trafficmanager.net", "teams.microsoft.com")
+DEFAULT_ALLOWED_HOSTS = (
+    "botframework.com",
+    "botframework.us",
+    "smba.trafficmanager.net",
+    "teams.microsoft.com",
+    "teams.microsoft.us",
+)
 DEFAULT_TTL_SECONDS = 900
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 4_000_000
+# The Functions host talks to the Python worker over gRPC with a 4 MiB message cap (body, headers and framing):
+# a larger request never reaches the app, so a cap the channel cannot carry is refused as a configuration error.
+MAX_BODY_BYTES_CHANNEL = 4_000_000
+DEFAULT_HUB_RETRY_SECONDS = 30
+DEFAULT_HUB_RETRY_HOURS = 24.0
+DEFAULT_RETENTION_DAYS = 30.0
+DEFAULT_SWEEP_SCHEDULE = "0 */1 * * * *"
+DEFAULT_SWEEP_BATCH = 500
 APP_TYPES = ("MultiTenant", "SingleTenant", "UserAssignedMSI")
 # The longest table suffix we append; Table Storage names are 3-63 alphanumerics starting with a letter.
 _LONGEST_TABLE_SUFFIX = len("handoffs")
 _TABLE_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+_PLACEHOLDER_ID = re.compile(r"\{?0{8}-?0{4}-?0{4}-?0{4}-?0{12}\}?")
 
 # Every variable the settings depend on: the cache below is keyed on their values.
 ENV_NAMES = (
@@ -38,6 +57,12 @@ ENV_NAMES = (
     "HANDOFF_TOKEN_TTL_SECONDS",
     "HANDOFF_HUB_URL",
     "HANDOFF_HUB_SECRET",
+    "HANDOFF_HUB_SECRET_PREVIOUS",
+    "HANDOFF_HUB_RETRY_SECONDS",
+    "HANDOFF_HUB_RETRY_HOURS",
+    "HANDOFF_RETENTION_DAYS",
+    "HANDOFF_SWEEP_SCHEDULE",
+    "HANDOFF_SWEEP_BATCH",
     "BOT_OPENID_METADATA_URL",
     "BOT_TOKEN_URL",
     "HANDOFF_ALLOWED_SERVICE_URL_HOSTS",
@@ -59,6 +84,12 @@ class Settings:
     token_ttl_seconds: int
     hub_url: str | None
     hub_secret: str | None
+    hub_secret_previous: str | None
+    hub_retry_seconds: int
+    hub_retry_hours: float
+    retention_days: float
+    sweep_schedule: str
+    sweep_batch: int
     openid_metadata_url: str
     token_url: str
     allowed_service_url_hosts: tuple[str, ...]
@@ -81,6 +112,13 @@ class Settings:
         if app_type == "SingleTenant" and not tenant:
             raise ConfigurationError("MicrosoftAppTenantId is required when MicrosoftAppType is SingleTenant.")
         token_tenant = tenant if app_type == "SingleTenant" and tenant else "botframework.com"
+        for name in ("MicrosoftAppId", "HANDOFF_BOT_ID"):
+            if _PLACEHOLDER_ID.fullmatch(get(name)):  # a copied example value: impossible to miss
+                logging.getLogger(__name__).warning(
+                    "PLACEHOLDER: %s is the all-zero GUID: Teams deep links (and, for MicrosoftAppId, the JWT audience) "
+                    "name a bot that does not exist; set the Teams bot's app id (HANDOFF_BOT_ID empty uses MicrosoftAppId).",
+                    name,
+                )
 
         prefix = get("HANDOFF_TABLE_PREFIX") or "handoff"
         if not _TABLE_PREFIX.fullmatch(prefix) or len(prefix) + _LONGEST_TABLE_SUFFIX > 63:
@@ -108,7 +146,13 @@ class Settings:
             bot_id=get("HANDOFF_BOT_ID") or app_id,
             token_ttl_seconds=_positive_int(env, "HANDOFF_TOKEN_TTL_SECONDS", DEFAULT_TTL_SECONDS),
             hub_url=_url(env, "HANDOFF_HUB_URL", required=False),
-            hub_secret=get("HANDOFF_HUB_SECRET") or None,
+            hub_secret=_webhook_secret(env, "HANDOFF_HUB_SECRET"),
+            hub_secret_previous=_webhook_secret(env, "HANDOFF_HUB_SECRET_PREVIOUS"),
+            hub_retry_seconds=_positive_int(env, "HANDOFF_HUB_RETRY_SECONDS", DEFAULT_HUB_RETRY_SECONDS),
+            hub_retry_hours=_positive_number(env, "HANDOFF_HUB_RETRY_HOURS", DEFAULT_HUB_RETRY_HOURS),
+            retention_days=_positive_number(env, "HANDOFF_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
+            sweep_schedule=_schedule(env, "HANDOFF_SWEEP_SCHEDULE", DEFAULT_SWEEP_SCHEDULE),
+            sweep_batch=_positive_int(env, "HANDOFF_SWEEP_BATCH", DEFAULT_SWEEP_BATCH),
             openid_metadata_url=_url(env, "BOT_OPENID_METADATA_URL", default=DEFAULT_OPENID_METADATA_URL),
             token_url=_url(
                 env,
@@ -117,7 +161,7 @@ class Settings:
             ),
             allowed_service_url_hosts=hosts,
             auth_disabled=_bool(env, "HANDOFF_AUTH_DISABLED"),
-            max_body_bytes=_positive_int(env, "HANDOFF_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            max_body_bytes=_max_body_bytes(env),
         )
 
 
@@ -128,6 +172,60 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) <= 0:
         raise ConfigurationError(f"{name} must be a positive whole number (got {raw[:20]!r}).")
     return int(raw)
+
+
+def _max_body_bytes(env: Mapping[str, str]) -> int:
+    value = _positive_int(env, "HANDOFF_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
+    if value > MAX_BODY_BYTES_CHANNEL:
+        raise ConfigurationError(
+            f"HANDOFF_MAX_BODY_BYTES must be at most {MAX_BODY_BYTES_CHANNEL}: the Functions host's channel to the "
+            "Python worker carries at most 4 MiB per message, so a larger body would never reach the app."
+        )
+    return value
+
+
+def _positive_number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number, fractions allowed (got {raw[:20]!r}).")
+    return value
+
+
+_WEBHOOK_SECRET_BYTES = 24
+
+
+def _webhook_secret(env: Mapping[str, str], name: str) -> str | None:
+    """A Standard Webhooks secret: `whsec_` + base64 of at least 24 random bytes. The value is never echoed."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.startswith("whsec_"):
+        raise ConfigurationError(f"{name} must be a Standard Webhooks secret: 'whsec_' followed by base64 of at least {_WEBHOOK_SECRET_BYTES} random bytes.")
+    try:
+        key = base64.b64decode(raw[len("whsec_") :], validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) < _WEBHOOK_SECRET_BYTES:
+        raise ConfigurationError(f"{name} must be 'whsec_' followed by valid base64 of at least {_WEBHOOK_SECRET_BYTES} random bytes.")
+    return raw
+
+
+def _schedule(env: Mapping[str, str], name: str, default: str) -> str:
+    """An NCRONTAB expression with six fields (second minute hour day month day-of-week), as the timer trigger takes."""
+    raw = (env.get(name) or "").strip() or default
+    fields = raw.split()
+    if len(fields) != 6 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
+        raise ConfigurationError(f"{name} must be an NCRONTAB expression of six fields, e.g. {default!r}.")
+    return raw
+
+
+_CRON_FIELD = re.compile(r"(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*|[A-Za-z]{3}(-[A-Za-z]{3})?(,[A-Za-z]{3}(-[A-Za-z]{3})?)*")
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:

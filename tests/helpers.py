@@ -82,3 +82,64 @@ def error_of(response: func.HttpResponse) -> dict[str, str]:
     assert set(body) == {"error"}, body
     assert set(body["error"]) == {"code", "message"}, body
     return body["error"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The live conversation: Teams activities after the link, and signed hub calls
+
+
+def teams_activity(type_: str, *, service_url: str, conversation_id: str | None = None, **changes: Any) -> dict[str, Any]:
+    """An activity Teams sends in the user's 1:1 chat with the bot (from/recipient/conversation of the fixture)."""
+    import uuid
+
+    activity = copy.deepcopy(fixture(INVOKE))
+    for name in ("name", "value", "replyToId", "localTimestamp", "rawTimestamp", "rawLocalTimestamp"):
+        activity.pop(name, None)
+    activity.update(type=type_, id=f"1:{uuid.uuid4().hex}", serviceUrl=service_url)
+    if conversation_id is not None:
+        activity["conversation"]["id"] = conversation_id
+    activity.update(changes)
+    return activity
+
+
+def user_message(text: str, *, service_url: str, conversation_id: str | None = None, **changes: Any) -> dict[str, Any]:
+    return teams_activity("message", service_url=service_url, conversation_id=conversation_id, text=text, textFormat="plain", **changes)
+
+
+def hub_call(
+    handoff_id: str,
+    event: dict[str, Any] | bytes,
+    *,
+    secret: str | None,
+    webhook_id: str | None = None,
+    timestamp: int | None = None,
+    headers: dict[str, str] | None = None,
+    route_handoff_id: str | None = None,
+) -> func.HttpResponse:
+    """A hub call to handoff_hub, signed with `secret` (Standard Webhooks, as a hub's library would sign it)."""
+    import time
+    import uuid
+
+    import handoff_hub
+    from shared.webhooks import WebhookSecret, sign
+
+    if isinstance(event, bytes):
+        body = event
+    else:
+        body = json.dumps({"handoffId": handoff_id, **event}).encode()
+    webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+    stamp = int(time.time()) if timestamp is None else timestamp
+    all_headers = {"Content-Type": "application/json", "webhook-id": webhook_id, "webhook-timestamp": str(stamp)}
+    if secret is not None:
+        all_headers["webhook-signature"] = sign([WebhookSecret(secret)], webhook_id, stamp, body)
+    all_headers.update(headers or {})
+    route_id = handoff_id if route_handoff_id is None else route_handoff_id
+    request = func.HttpRequest(
+        method="POST",
+        url=f"http://localhost:7071/api/handoffs/{route_id}/events",
+        headers=all_headers,
+        params={},
+        route_params={"handoffId": route_id},
+        body=body,
+    )
+    return handoff_hub.main(request)
