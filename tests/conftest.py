@@ -96,7 +96,8 @@ def tables(env: dict[str, str], azurite: Azurite, table_prefix: str):
 
     class Tables:
         handoffs = service.get_table_client(f"{table_prefix}handoffs")
-        tokens = service.get_table_client(f"{table_prefix}tokens")
+        links = service.get_table_client(f"{table_prefix}links")
+        due = service.get_table_client(f"{table_prefix}due")
 
     return Tables
 

@@ -143,3 +143,35 @@ def hub_call(
         body=body,
     )
     return handoff_hub.main(request)
+
+
+# --------------------------------------------------------------------------------------------------
+# What the engagement hub received, checked as a hub would (the Standard Webhooks library), and what is stored
+
+
+def verify_hub_event(recorded: Any, secret: str) -> dict[str, Any]:
+    """One POST the hub stand-in recorded, verified with the `standardwebhooks` package as a hub would do it;
+    raises `standardwebhooks.webhooks.WebhookVerificationError` if the signature does not hold."""
+    from standardwebhooks import Webhook
+
+    headers = {name: recorded.header(name) or "" for name in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+    return Webhook(secret).verify(recorded.body, headers)
+
+
+def verified_hub_events(server: Any, path: str, secret: str) -> list[tuple[str, dict[str, Any]]]:
+    """(webhook-id, verified event) of every POST the hub accepted (2xx), in the order they arrived."""
+    accepted = [r for r in server.requests_to(path, "POST") if r.status is not None and 200 <= r.status < 300]
+    return [(r.header("webhook-id"), verify_hub_event(r, secret)) for r in accepted]
+
+
+def stored_rows(*tables: Any) -> list[dict[str, Any]]:
+    """Every row of these raw table clients (tables never created count as empty)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    rows: list[dict[str, Any]] = []
+    for table in tables:
+        try:
+            rows.extend(dict(row) for row in table.list_entities())
+        except ResourceNotFoundError:
+            pass
+    return rows
