@@ -197,6 +197,17 @@ class RowExists(Exception):
         self.row_key = row_key
 
 
+def contention_pause(attempt: int) -> None:
+    """A short, jittered pause before retrying a conditional write lost to a concurrent one."""
+    import random
+    import time
+
+    time.sleep(random.uniform(0, min(0.2, 0.01 * (attempt + 1))))
+
+
+CONFLICT_ATTEMPTS = 25  # conditional writes lost to concurrent ones are retried; each retry re-reads the record
+
+
 class OutcomeUnknown(Exception):
     """The write may or may not have landed (a timeout or a dropped connection after sending it)."""
 

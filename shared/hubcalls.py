@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from shared import teams as say
 from shared.activities import HubEventType
 from shared.errors import HandoffError, ServiceUnavailable, UpstreamRefused
-from shared.handoffs import KEY_PREFIX, Handoff, IdempotencyRecord, OutcomeUnknown, RowExists, Stale, hashed_key, key_entity
+from shared.handoffs import CONFLICT_ATTEMPTS, contention_pause, KEY_PREFIX, Handoff, IdempotencyRecord, OutcomeUnknown, RowExists, Stale, hashed_key, key_entity
 from shared.redeem import STALE_CLAIM
 from shared.vocabulary import EndReason, State
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 KEY_LOCK = timedelta(seconds=30)
 CONNECTING_WAIT_SECONDS = 5.0
-_ATTEMPTS = 5
+_ATTEMPTS = CONFLICT_ATTEMPTS
 
 
 class HubCallError(HandoffError):
@@ -70,12 +70,16 @@ class HubCalls:
         if event.type is HubEventType.TYPING:
             return self._typing(handoff, deadline=deadline, now=now)
 
-        for _ in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
+            if attempt:
+                contention_pause(attempt)
             handoff = self._wait_while_connecting(handoff, deadline=deadline, now=now)
             refusal = _refusal(handoff, event)
             if refusal is not None:
                 # The repeat check comes before the state: a call answered before is answered the same.
-                self._answer_repeat(handoff, key_row, body_sha, now=now)
+                repeat = self._answer_repeat(handoff, key_row, body_sha, now=now)
+                if repeat is not None:
+                    return repeat
                 raise refusal
             activities = self._activities(handoff, event) if handoff.connected else []
             changed = _apply(handoff, event, now)
@@ -129,7 +133,9 @@ class HubCalls:
     def _undo(self, before: Handoff, committed: Handoff, key_row: str, *, keep_end: bool) -> None:
         """Nothing recorded after a connector failure: the record's change and the key row go (conditionally)."""
         current = committed
-        for _ in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
+            if attempt:
+                contention_pause(attempt)
             target = before if not keep_end else replace(before, state=committed.state, end_reason=committed.end_reason, last_activity_at=committed.last_activity_at)
             restored = replace(
                 current,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from shared import teams as say
 from shared.errors import HandoffError, ServiceUnavailable
-from shared.handoffs import CLAIM, Handoff, OutcomeUnknown, RowExists, Stale, claim_entity, event_row_key
+from shared.handoffs import CONFLICT_ATTEMPTS, contention_pause, CLAIM, Handoff, StoredEvent, OutcomeUnknown, RowExists, Stale, claim_entity, event_row_key
 from shared.logsafe import clean
 from shared.outbox import Draft, stage
 from shared.teams import conversation_of, end_chat_card
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STALE_CLAIM = timedelta(seconds=30)
-_ATTEMPTS = 4
+_ATTEMPTS = CONFLICT_ATTEMPTS
 
 
 class Outcome(str, enum.Enum):
@@ -82,14 +82,16 @@ class Redemption:
         handoff = self._handoffs.find(continuation.handoff_id) if continuation else None
         known = handoff is not None and self._handoffs.has_token(handoff.handoff_id, continuation.row_key)  # type: ignore[union-attr]
         outcome = Outcome.UNKNOWN
-        for _ in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
+            if attempt:
+                contention_pause(attempt)
             outcome = _check(handoff if known else None, activity, teams, now=now)
             if outcome is not Outcome.REDEEMED:
                 break
             assert handoff is not None
-            claimed, handoff = self._claim(handoff, activity, teams, now=now)
+            claimed, handoff, staged_events = self._claim(handoff, activity, teams, now=now)
             if claimed is not None:
-                self._continue(handoff, claimed, activity, teams, deadline=deadline, now=now)
+                self._continue(handoff, claimed, staged_events, activity, teams, deadline=deadline, now=now)
                 break
             if handoff is None:
                 outcome = Outcome.UNKNOWN
@@ -109,8 +111,11 @@ class Redemption:
 
     # ---- the claim
 
-    def _claim(self, handoff: Handoff, activity: Activity, teams: TeamsConversation, *, now: datetime) -> tuple[str | None, Handoff | None]:
-        """(claim id, claimed record) when this request won; (None, fresh record) when it must look again."""
+    def _claim(
+        self, handoff: Handoff, activity: Activity, teams: TeamsConversation, *, now: datetime
+    ) -> tuple[str | None, Handoff | None, tuple[StoredEvent, ...]]:
+        """(claim id, claimed record, staged events) when this request won; (None, fresh record, ()) when it must
+        look again."""
         claim_id = secrets.token_hex(16)
         connected_fields = {
             "user": {k: teams.user[k] for k in ("id", "aadObjectId", "name") if k in teams.user},
@@ -135,12 +140,20 @@ class Redemption:
             fresh = self._handoffs.find(handoff.handoff_id)
             if fresh is not None and fresh.claim_id == claim_id:
                 log.info("redemption of handoffId=%s landed although its answer was lost (%s)", handoff.handoff_id, type(exc).__name__)
-                return claim_id, fresh
-            return None, fresh
-        return claim_id, committed
+                return claim_id, fresh, staged.events
+            return None, fresh, ()
+        return claim_id, committed, staged.events
 
     def _continue(
-        self, handoff: Handoff, claim_id: str, activity: Activity, teams: TeamsConversation, *, deadline: Deadline, now: datetime
+        self,
+        handoff: Handoff,
+        claim_id: str,
+        events: tuple[StoredEvent, ...],
+        activity: Activity,
+        teams: TeamsConversation,
+        *,
+        deadline: Deadline,
+        now: datetime,
     ) -> None:
         link: Link | None = None
         previous: str | None = None
@@ -157,11 +170,13 @@ class Redemption:
             raise
         if previous is not None:
             self._supersede(previous, deadline=deadline, now=now)
-        self._connect(handoff, deadline=deadline, now=now)
+        self._connect(handoff, events, deadline=deadline, now=now)
 
     def _link(self, conversation_id: str, handoff_id: str) -> tuple[Link, str | None, bool]:
         """(link, handoff it took the chat from, whether we created it)."""
-        for _ in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
+            if attempt:
+                contention_pause(attempt)
             link = self._links.create_if_new(conversation_id, handoff_id)
             if link is not None:
                 return link, None, True
@@ -176,12 +191,16 @@ class Redemption:
                 continue
         raise ServiceUnavailable("The conversation is changing right now; retry shortly.", code="busy", retry_after=1)
 
-    def _connect(self, handoff: Handoff, *, deadline: Deadline, now: datetime) -> None:
+    def _connect(self, handoff: Handoff, events: tuple[StoredEvent, ...], *, deadline: Deadline, now: datetime) -> None:
         """Post handoff.connected (when this request holds the delivery lease) and record `connected`, one write."""
         current = handoff
-        for _ in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
+            if attempt:
+                contention_pause(attempt)
             if current.sender_id is not None and current.sender_until is not None and current.sender_until > now and current.unsettled:
-                result = self._outbox.drain(current, current.sender_id, deadline=deadline, now=now, also={"connected": True})
+                result = self._outbox.drain(
+                    current, current.sender_id, deadline=deadline, now=now, known=events, also={"connected": True}
+                )
                 if result.handoff is not None:
                     return
                 current = self._handoffs.find(handoff.handoff_id) or current
@@ -232,7 +251,9 @@ def end_handoff(
     handoffs: HandoffStore, outbox: Outbox, handoff_id: str, reason: EndReason, *, deadline: Deadline, now: datetime
 ) -> Handoff | None:
     """End a handoff (if it is not ended yet) and send `handoff.ended` to the hub. None: no such handoff."""
-    for _ in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS):
+        if attempt:
+            contention_pause(attempt)
         current = handoffs.find(handoff_id)
         if current is None or current.ended:
             return current

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shared import teams as say
 from shared.activities import end_chat_of
 from shared.errors import HandoffError, ServiceUnavailable
-from shared.handoffs import TEAMS_PREFIX, Handoff, OutcomeUnknown, RowExists, Stale, teams_message_entity
+from shared.handoffs import CONFLICT_ATTEMPTS, TEAMS_PREFIX, contention_pause, Handoff, OutcomeUnknown, RowExists, Stale, teams_message_entity
 from shared.logsafe import clean
 from shared.outbox import Draft, stage
 from shared.redeem import STALE_CLAIM, end_handoff, is_personal
@@ -35,16 +36,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_ATTEMPTS = 5
 CONNECTING_WAIT_SECONDS = 4.0
 
 
 class Relay:
-    def __init__(self, *, handoffs: HandoffStore, links: LinkStore, outbox: Outbox, chat: TeamsChat) -> None:
-        self._handoffs = handoffs
-        self._links = links
-        self._outbox = outbox
+    def __init__(self, *, open_stores: Callable[[], tuple[HandoffStore, LinkStore, Outbox]], chat: TeamsChat) -> None:
+        """`open_stores` is called on first use, inside the request's error handling: a storage outage on a cold
+        instance (creating the tables) is then a 503 the user is told about, like any other."""
+        self._open_stores = open_stores
+        self._stores: tuple[HandoffStore, LinkStore, Outbox] | None = None
         self._chat = chat
+
+    def _open(self) -> tuple[HandoffStore, LinkStore, Outbox]:
+        if self._stores is None:
+            self._stores = self._open_stores()
+        return self._stores
+
+    @property
+    def _handoffs(self) -> HandoffStore:
+        return self._open()[0]
+
+    @property
+    def _links(self) -> LinkStore:
+        return self._open()[1]
+
+    @property
+    def _outbox(self) -> Outbox:
+        return self._open()[2]
 
     def handle(self, activity: Activity, *, deadline: Deadline, now: datetime) -> None:
         """Act on an authenticated non-invoke activity; the caller answers 200 unless this raises."""
@@ -110,7 +128,9 @@ class Relay:
     ) -> None:
         message_id = activity.id if type_ is EventType.MESSAGE else None
         current: Handoff | None = handoff
-        for _ in range(_ATTEMPTS):
+        for attempt in range(CONFLICT_ATTEMPTS):
+            if attempt:
+                contention_pause(attempt)
             if current is None or current.ended:
                 return  # ended meanwhile: nothing to relay to
             staged = stage(current, current, [Draft(type_, fields)], now=now, hub_configured=self._outbox.hub_configured)

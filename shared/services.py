@@ -101,7 +101,7 @@ def relay(settings: Settings) -> Relay:
     from shared.relay import Relay
 
     chat = teams_chat(settings)
-    return Relay(handoffs=handoff_store(settings), links=link_store(settings), outbox=outbox(settings, chat=chat), chat=chat)
+    return Relay(open_stores=lambda: (handoff_store(settings), link_store(settings), outbox(settings, chat=chat)), chat=chat)
 
 
 def hub_calls(settings: Settings) -> HubCalls:

@@ -13,6 +13,7 @@ import pytest
 
 from devtools.botframework import APP_ID, APP_PASSWORD, BotFramework
 from devtools.loopback import Answer, Azurite, LoopbackServer
+from devtools.storagecount import StorageCounter
 
 HUB_PATH = "/hooks/handoff"
 HUB_SECRET = "whsec_dGVzdC1odWItc2lnbmluZy1zZWNyZXQtZm9yLXRoZS1zdWl0ZQ=="
@@ -85,6 +86,15 @@ def hub_env(env: dict[str, str], hub: LoopbackServer, monkeypatch: pytest.Monkey
     monkeypatch.setenv("HANDOFF_HUB_URL", hub.url + HUB_PATH)
     monkeypatch.setenv("HANDOFF_HUB_SECRET", HUB_SECRET)
     return hub
+
+
+@pytest.fixture
+def storage_counter(env: dict[str, str], azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[StorageCounter]:
+    """The app's storage requests, counted: its connection string points at a counting proxy in front of Azurite."""
+    counter = StorageCounter(azurite.port)
+    monkeypatch.setenv("HANDOFF_STORAGE_CONNECTION", counter.connection_string)
+    yield counter
+    counter.stop()
 
 
 @pytest.fixture

@@ -145,6 +145,38 @@ def hub_call(
     return handoff_hub.main(request)
 
 
+def run_concurrently(calls: list[Callable[[], Any]], *, timeout: float = 60.0) -> list[Any]:
+    """Start every call at once (a barrier), wait for all, return their results in order; exceptions re-raised."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(len(calls))
+
+    def start(call: Callable[[], Any]) -> Any:
+        barrier.wait(timeout)
+        return call()
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(start, call) for call in calls]
+        return [future.result(timeout) for future in futures]
+
+
+def connect_user(botframework: Any, *, event: dict[str, Any] | bytes | None = None, conversation_id: str | None = None) -> str:
+    """Record a handoff and redeem its link in Teams, as a user opening the deep link; returns the handoff id."""
+    created = initiate(event if event is not None else fixture_bytes(ACTIVITY_SET))
+    assert created.status_code in (200, 201), created.get_body()
+    body = body_json(created)
+    changes = {"conversation": {**fixture(INVOKE)["conversation"], "id": conversation_id}} if conversation_id else {}
+    redeemed = action(invoke(body["continuationToken"], service_url=botframework.service_url, **changes), jwt=botframework.jwt())
+    assert redeemed.status_code == 200, redeemed.get_body()
+    return body["handoffId"]
+
+
+def hub_events(hub: Any, path: str) -> list[dict[str, Any]]:
+    """The events the hub accepted (2xx), in the order it received them."""
+    return [r.json() for r in hub.requests_to(path, "POST") if r.status and 200 <= r.status < 300]
+
+
 # --------------------------------------------------------------------------------------------------
 # What the engagement hub received, checked as a hub would (the Standard Webhooks library), and what is stored
 
