@@ -432,3 +432,70 @@ class TestStorageBudgets:
         assert status["read"] <= 1 and status["write"] <= 2, status
         assert typing == {"read": 1, "query": 0, "write": 0, "table": 0, "scan": 0}
         assert [e["type"] for e in hub_events(hub_env, HUB_PATH)][-2:] == ["handoff.connected", "handoff.message"]
+
+
+class TestRedemptionMeetsTheHub:
+    def test_a_hub_status_during_the_redemption_is_shown_in_the_continuation_or_after_it(self, hub_env, botframework) -> None:
+        for round_ in range(6):
+            created = body_json(initiate(handoff_event(id=f"race-{round_}")))
+            chat = {**fixture(INVOKE)["conversation"], "id": f"a:race-chat-{round_}"}
+            botframework.connector.clear()
+            redeemed, accepted = run_concurrently([
+                lambda: action(invoke(created["continuationToken"], service_url=botframework.service_url, conversation=chat), jwt=botframework.jwt()),
+                lambda: hub_call(created["handoffId"], {"type": "accepted", "agent": {"name": "Dana"}}, secret=HUB_SECRET),
+            ])
+            assert redeemed.status_code == 200
+            assert accepted.status_code in (200, 202), accepted.get_body()
+            shown = user_saw(botframework)
+            assert shown[0].startswith("You're continuing")
+            if accepted.status_code == 202:  # recorded first: the continuation says so
+                assert shown[-1] == "Dana is ready for you.", shown
+            else:  # recorded after the user connected: sent after the continuation
+                assert shown[-1] == "Dana has joined the conversation." and shown[3].startswith(say.WAITING), shown
+
+
+class TestHostileInput:
+    """Fuzzed hub calls (signed, so they reach the parser and the state machine) and Teams activities (with a
+    valid JWT): every answer is an answer of the contract, never a 5xx."""
+
+    def test_fuzzed_hub_bodies(self, live) -> None:
+        from hypothesis import HealthCheck, given, settings, strategies as st
+
+        scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False), st.text(max_size=30))
+        values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+        types = st.sampled_from(["queued", "accepted", "message", "typing", "completed", "failed", "other", ""]) | st.text(max_size=5)
+        field_names = st.sampled_from(["position", "waitSeconds", "message", "agent", "text", "textFormat", "attachments", "handoffId"])
+        bodies = st.builds(lambda t, extra: {"type": t, **extra}, types, st.dictionaries(field_names, values, max_size=4))
+
+        @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(body=bodies, raw=st.booleans(), junk=st.binary(max_size=60))
+        def check(body, raw, junk) -> None:
+            payload = junk if raw else json.dumps({"handoffId": live, **body}).encode()
+            response = hub_call(live, payload, secret=HUB_SECRET)
+            assert response.status_code in (200, 202, 400, 404, 409, 413), (response.status_code, response.get_body())
+            if response.status_code >= 400:
+                error_of(response)
+
+        check()
+
+    def test_fuzzed_teams_activities(self, live, botframework) -> None:
+        from hypothesis import HealthCheck, given, settings, strategies as st
+
+        scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20), st.floats(allow_nan=False))
+        kinds = st.sampled_from(["message", "messageUpdate", "messageDelete", "installationUpdate", "typing", "invoke", "event"])
+        fields = st.dictionaries(
+            st.sampled_from(["text", "textFormat", "value", "attachments", "action", "id", "timestamp", "conversation", "from", "locale"]),
+            st.one_of(scalars, st.dictionaries(st.sampled_from(["handoff", "handoffId", "id", "conversationType"]), scalars, max_size=3),
+                      st.lists(st.dictionaries(st.sampled_from(["contentType", "content", "contentUrl"]), scalars, max_size=3), max_size=2)),
+            max_size=4,
+        )
+
+        @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(kind=kinds, changes=fields)
+        def check(kind, changes) -> None:
+            activity = teams_activity(kind, service_url=botframework.service_url)
+            activity.update(changes)
+            response = action(activity, jwt=botframework.jwt())
+            assert response.status_code in (200, 400, 501), (response.status_code, response.get_body())
+
+        check()
