@@ -11,15 +11,17 @@ This module imports nothing of storage or HTTP, so it stays cheap to import and 
 
 from __future__ import annotations
 
-import enum
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import from_json, to_json
 
 from shared.errors import InvalidActivity, InvalidHubEvent
+from shared.vocabulary import HubEventType, TextFormat
 
 HANDOFF_EVENT_NAME = "handoff.initiate"
 HANDOFF_INVOKE_NAME = "handoff/action"
@@ -90,6 +92,9 @@ class Activity(_Model):
     reply_to_id: str | None = Field(default=None, alias="replyToId")
     relates_to: ConversationReference | None = Field(default=None, alias="relatesTo")
     locale: str | None = None
+    text: str | None = None
+    text_format: str | None = Field(default=None, alias="textFormat")
+    action: str | None = None  # installationUpdate: add / remove
 
     @property
     def tenant_id(self) -> str | None:
@@ -225,6 +230,7 @@ def parse_bot_activity(body: bytes) -> BotRequest:
     if not isinstance(document, dict):
         raise InvalidActivity("The body must be a JSON object: a Bot Framework activity.")
     activity = _validate(Activity, document, "the activity")
+    _check_conversation_id(activity)
     action = None
     if activity.type == "invoke" and activity.name == HANDOFF_INVOKE_NAME:
         if not isinstance(activity.value, dict) or not isinstance(activity.value.get("continuation"), str):
@@ -239,16 +245,41 @@ def parse_bot_activity(body: bytes) -> BotRequest:
 # Helpers
 
 
+# A number JSON can write but a float cannot hold: `allow_inf_nan=False` refuses the literals `Infinity` and
+# `NaN`, yet `1e400` (or 400 digits) still parses as inf, which would reach the hub as the invalid `Infinity`
+# and fail a reply's serialisation. Such a number needs an exponent of 3+ digits or 300+ digits in a row: the
+# bytes are scanned for that in C, and only a body that has one is walked to find a non-finite value.
+_HUGE_NUMBER = re.compile(rb"[0-9][eE]\+?[0-9]{3}|[0-9]{300}")
+
+
 def _load_json(data: bytes | str) -> Any:
     if isinstance(data, bytes) and data.startswith(_BOM):
         data = data[len(_BOM) :]
     try:
-        return from_json(data, allow_inf_nan=False)
+        document = from_json(data, allow_inf_nan=False)
     except ValueError as exc:
         reason = str(exc)
         if "recursion limit" in reason:
             raise InvalidActivity("The JSON is nested too deeply (more than 200 levels).") from exc
         raise InvalidActivity(f"The body is not valid UTF-8 JSON ({reason}).") from exc
+    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+    if _HUGE_NUMBER.search(raw) and not _all_finite(document):
+        raise InvalidActivity("The JSON holds a number too large to represent (such as 1e400); send numbers within the range of a double.")
+    return document
+
+
+def _all_finite(document: Any) -> bool:
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return False
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return True
 
 
 def _validate(model: type[_Model], data: Any, label: str) -> Any:
@@ -259,6 +290,20 @@ def _validate(model: type[_Model], data: Any, label: str) -> Any:
         path = ".".join(str(part) for part in first["loc"])
         where = f"{label}.{path}" if path else label
         raise InvalidActivity(f"{where}: {first['msg']}.") from exc
+
+
+def _check_conversation_id(activity: Activity) -> None:
+    """An activity posted to the bot names the conversation the bot answers in, which becomes a path segment of
+    `{serviceUrl}/v3/conversations/{id}/activities`: at most 1024 characters, no control characters, not `.`/`..`."""
+    conversation_id = activity.conversation.id if activity.conversation is not None else None
+    if conversation_id is None:
+        return
+    if len(conversation_id) > MAX_ID_LENGTH:
+        raise InvalidActivity(f"The activity's conversation.id is longer than {MAX_ID_LENGTH} characters.")
+    if not conversation_id.isprintable():
+        raise InvalidActivity("The activity's conversation.id contains control characters.")
+    if conversation_id.strip() in (".", "..") or unquote(conversation_id) in (".", ".."):
+        raise InvalidActivity("The activity's conversation.id is not a valid id.")
 
 
 def _handoff_request(raw: dict[str, Any], label: str) -> HandoffRequest:
@@ -329,24 +374,6 @@ MAX_HUB_TEXT_CHARS = 28_000
 MAX_HUB_NAME_CHARS = 256
 # Queue positions and waits are shown to the user and stored: they must fit a 32-bit integer column.
 MAX_HUB_COUNT = 2**31 - 1
-
-
-class HubEventType(str, enum.Enum):
-    """What the engagement hub tells the app (hub -> app): the `type` of a `handoff_hub` call."""
-
-    QUEUED = "queued"
-    ACCEPTED = "accepted"
-    MESSAGE = "message"
-    TYPING = "typing"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-class TextFormat(str, enum.Enum):
-    """`textFormat` of an agent's message, as Teams takes it."""
-
-    PLAIN = "plain"
-    MARKDOWN = "markdown"
 
 
 class HubAgent(BaseModel):
@@ -529,3 +556,24 @@ def _hub_attachments(document: dict[str, Any]) -> tuple[dict[str, Any], ...]:
         if attachment.get("name") is not None:
             _hub_name(attachment["name"], f"{where}.name")
     return tuple(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# The End chat button: a Teams `message` whose `value` is {"handoff": "end", "handoffId": ...}
+
+
+@dataclass(frozen=True, slots=True)
+class EndChat:
+    """The user pressed End chat; `handoff_id` None means the handoff that owns the chat."""
+
+    handoff_id: str | None
+
+
+def end_chat_of(activity: Activity) -> EndChat | None:
+    """The End chat request a `message` carries in its `value`, or None for an ordinary message."""
+    value = activity.value
+    if activity.type != "message" or not isinstance(value, dict) or value.get("handoff") != "end":
+        return None
+    handoff_id = value.get("handoffId")
+    return EndChat(handoff_id if isinstance(handoff_id, str) and handoff_id else None)
+

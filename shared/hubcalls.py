@@ -23,11 +23,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared import teams as say
-from shared.activities import HubEventType
 from shared.errors import HandoffError, ServiceUnavailable, UpstreamRefused
 from shared.handoffs import CONFLICT_ATTEMPTS, contention_pause, KEY_PREFIX, Handoff, IdempotencyRecord, OutcomeUnknown, RowExists, Stale, hashed_key, key_entity
 from shared.redeem import STALE_CLAIM
-from shared.vocabulary import EndReason, State
+from shared.vocabulary import EndReason, HubEventType, State
 
 if TYPE_CHECKING:
     from shared.activities import HubEvent

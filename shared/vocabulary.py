@@ -51,3 +51,21 @@ class DueKind(str, enum.Enum):
     DELIVER = "deliver"  # pending hub events whose retry is due
     EXPIRE = "expire"  # links expire: end the handoff if never connected
     PURGE = "purge"  # retention may be over: delete the handoff if nothing happened since
+
+
+class HubEventType(str, enum.Enum):
+    """What the engagement hub tells the app (hub -> app): the `type` of a `handoff_hub` call."""
+
+    QUEUED = "queued"
+    ACCEPTED = "accepted"
+    MESSAGE = "message"
+    TYPING = "typing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class TextFormat(str, enum.Enum):
+    """`textFormat` of an agent's message, as Teams takes it."""
+
+    PLAIN = "plain"
+    MARKDOWN = "markdown"
