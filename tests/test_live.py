@@ -499,3 +499,24 @@ class TestHostileInput:
             assert response.status_code in (200, 400, 501), (response.status_code, response.get_body())
 
         check()
+
+
+class TestTheHubGuide:
+    def test_the_readme_curl_recipe_signs_a_call_the_app_accepts(self, live, botframework) -> None:
+        """The README's curl + openssl lines, run as written (the curl swapped for printing what it would send)."""
+        import re
+        import subprocess
+        from pathlib import Path
+
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+        section = readme.split("### Calling the app", 1)[1]
+        script = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+        script = script.replace("SECRET=whsec_...", f"SECRET={HUB_SECRET}").replace("HANDOFF=<handoffId>", f"HANDOFF={live}")
+        assert "curl -s -X POST" in script
+        script = script[: script.index("curl -s -X POST")] + 'printf "%s\\n%s\\n%s\\n%s" "$ID" "$TS" "v1,$SIG" "$BODY"\n'
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=20, check=True).stdout.split("\n")
+        webhook_id, stamp, signature, body = out[0], out[1], out[2], out[3]
+        response = hub_call(live, body.encode(), secret=None,
+                            headers={"webhook-id": webhook_id, "webhook-timestamp": stamp, "webhook-signature": signature})
+        assert response.status_code == 200, response.get_body()
+        assert user_saw(botframework) == ["You're number 2 in line. Expected wait: about 3 minutes."]
