@@ -12,11 +12,14 @@ from urllib.parse import quote
 
 import pytest
 
+from shared import services
 from shared.botauth import OpenIdKeys
-from shared.redeem import CANNOT_CONTINUE
+from shared.settings import current_settings
+from shared.teams import ALREADY_CONNECTED, CANNOT_CONTINUE, NO_OPEN_CONVERSATION, WAITING
 from devtools.botframework import APP_ID, CONNECTOR_PATH, BotFramework, unsigned_jwt
-from tests.helpers import INVOKE, action, body_json, error_of, fixture, fixture_bytes, handoff_event, initiate, invoke
-from tests.helpers import ACTIVITY_SET
+from tests.conftest import HUB_PATH, HUB_SECRET
+from tests.helpers import INVOKE, action, body_json, error_of, fixture, fixture_bytes, handoff_event, hub_call, initiate, invoke
+from tests.helpers import ACTIVITY_SET, stored_rows, user_message, verified_hub_events
 from devtools.loopback import Answer, LoopbackServer
 
 USER = "57162b23-ae6f-4e95-9774-27f7cb019864"
@@ -33,10 +36,18 @@ def texts(botframework: BotFramework) -> list[str | None]:
     return [a.get("text") for a in botframework.sent_activities()]
 
 
-def assert_continued(botframework: BotFramework) -> None:
+def assert_continued(botframework: BotFramework, handoff_id: str | None = None) -> list[dict]:
+    """The four continuation messages: continuing, typing, the reminder, where the agent side stands with End chat."""
     sent = botframework.sent_activities()
-    assert [a["type"] for a in sent] == ["message", "typing", "message"], texts(botframework)
+    assert [a["type"] for a in sent] == ["message", "typing", "message", "message"], texts(botframework)
     assert "continuing your earlier conversation" in sent[0]["text"]
+    [card] = sent[3]["attachments"]
+    assert card["contentType"] == "application/vnd.microsoft.card.adaptive"
+    [end] = card["content"]["actions"]
+    assert (end["type"], end["title"], end["data"]["handoff"]) == ("Action.Submit", "End chat", "end")
+    if handoff_id is not None:
+        assert end["data"] == {"handoff": "end", "handoffId": handoff_id}
+    return sent
 
 
 def assert_cannot_continue(botframework: BotFramework) -> None:
@@ -49,22 +60,37 @@ def redeem(botframework: BotFramework, token: str, **changes) -> object:
     return action(activity, jwt=botframework.jwt())
 
 
+def in_chat(conversation_id: str, **changes) -> dict:
+    """Invoke fields for another Teams chat (`conversation`), e.g. the 1:1 chat of another user."""
+    return {"conversation": {**fixture(INVOKE)["conversation"], "id": conversation_id, **changes}}
+
+
+def as_user(number: int) -> dict:
+    """Invoke fields of another user in that user's own 1:1 chat with the bot."""
+    user = {"id": f"29:user-{number}", "aadObjectId": f"00000000-0000-0000-0000-{number:012d}", "name": f"User {number}"}
+    return {"from": user, **in_chat(f"a:chat-of-user-{number}")}
+
+
+def everything_stored(tables) -> list[tuple[str, str, str]]:
+    return sorted((row["PartitionKey"], row["RowKey"], repr(sorted(row.items()))) for row in stored_rows(tables.handoffs, tables.links, tables.due))
+
+
 class TestRedemption:
-    def test_happy_path_from_a_minted_token(self, env, botframework: BotFramework) -> None:
+    def test_happy_path_from_a_minted_token(self, hub_env, botframework: BotFramework) -> None:
         token = mint()
+        handoff_id = token[:32]
         activity = invoke(token, service_url=botframework.service_url)
         response = action(activity, jwt=botframework.jwt())
         assert response.status_code == 200 and response.get_body() == b""
 
         requests = botframework.connector.requests_to(CONNECTOR_PATH, "POST")
-        assert len(requests) == 3
+        assert len(requests) == 4
         conversation_id = fixture(INVOKE)["conversation"]["id"]
         assert {r.path for r in requests} == {f"/amer/v3/conversations/{quote(conversation_id, safe='')}/activities"}
         assert all(r.header("Authorization") == f"Bearer {botframework.issued_tokens[-1]}" for r in requests)
 
-        first, typing, context = (r.json() for r in requests)
-        assert (first["type"], typing["type"], context["type"]) == ("message", "typing", "message")
-        for sent in (first, typing, context):
+        first, typing, context, status = assert_continued(botframework, handoff_id)
+        for sent in (first, typing, context, status):
             assert sent["from"]["id"] == activity["recipient"]["id"]
             assert sent["recipient"]["id"] == activity["from"]["id"]
             assert sent["conversation"]["id"] == conversation_id
@@ -72,23 +98,83 @@ class TestRedemption:
         assert "continuing your earlier conversation with Test501" in first["text"]
         for expected in ("Lesson 1 - A simple topic", "store hours", "Transferred", "Test501"):
             assert expected in context["text"]
+        assert status["text"] == WAITING
 
-    def test_replay_is_told_to_start_a_new_conversation(self, env, botframework) -> None:
+        # the hub learns that the user arrived: handoff.connected, seq 2, verified as a hub verifies it
+        events = verified_hub_events(hub_env, HUB_PATH, HUB_SECRET)
+        assert [(webhook_id, e["type"], e["seq"]) for webhook_id, e in events] == [
+            (handoff_id, "handoff.requested", 1), (f"{handoff_id}:2", "handoff.connected", 2)
+        ]
+        connected = events[1][1]
+        assert connected["handoffId"] == handoff_id and connected["occurredAt"].endswith("Z")
+        assert connected["user"] == {k: activity["from"][k] for k in ("id", "aadObjectId", "name") if k in activity["from"]}
+        assert (connected["tenantId"], connected["locale"]) == (TENANT, activity["locale"])
+
+        # the handoff is now connected to this Teams chat, and the chat belongs to it
+        record = services.handoff_store(current_settings()).find(handoff_id)
+        assert record.connected and record.teams.conversation_id == conversation_id
+        assert (record.settled_seq, record.next_seq) == (2, 3)
+        assert services.link_store(current_settings()).find(conversation_id).handoff_id == handoff_id
+
+    def test_replay_elsewhere_is_told_to_start_a_new_conversation(self, env, botframework) -> None:
         token = mint()
         assert redeem(botframework, token).status_code == 200
         botframework.connector.clear()
-        again = redeem(botframework, token)
+        again = redeem(botframework, token, **as_user(2))  # a forwarded link, opened by someone else
         assert again.status_code == 200 and again.get_body() == b""
+        assert_cannot_continue(botframework)
+        botframework.connector.clear()
+        redeem(botframework, token, **in_chat("a:another-chat-of-the-same-user"))
         assert_cannot_continue(botframework)
 
     def test_every_link_of_a_handoff_is_spent_once_one_is_redeemed(self, env, botframework) -> None:
         first, second = mint(), mint()
-        assert first != second
+        assert first != second and first[:32] == second[:32]
         assert redeem(botframework, second).status_code == 200
         assert_continued(botframework)
         botframework.connector.clear()
-        redeem(botframework, first)
+        redeem(botframework, first, **as_user(2))
         assert_cannot_continue(botframework)
+
+    def test_the_same_user_in_the_same_chat_is_already_connected_even_with_an_expired_link(self, hub_env, botframework, monkeypatch) -> None:
+        # changed by contract (2026-11-24): a replay by the owner of the chat is told to carry on, not refused
+        monkeypatch.setenv("HANDOFF_TOKEN_TTL_SECONDS", "2")
+        token = mint()
+        assert redeem(botframework, token).status_code == 200
+        assert_continued(botframework)
+        botframework.connector.clear()
+        assert redeem(botframework, token).status_code == 200
+        assert texts(botframework) == [ALREADY_CONNECTED]
+        time.sleep(2.1)  # the link has expired now
+        botframework.connector.clear()
+        assert redeem(botframework, token).status_code == 200
+        assert texts(botframework) == [ALREADY_CONNECTED]
+        botframework.connector.clear()
+        redeem(botframework, token, **as_user(2))  # anyone else: the expired, spent link can't continue
+        assert_cannot_continue(botframework)
+        assert [e["type"] for _, e in verified_hub_events(hub_env, HUB_PATH, HUB_SECRET)] == ["handoff.requested", "handoff.connected"]
+
+    def test_a_token_of_an_ended_handoff_cannot_continue_and_nothing_is_written(self, hub_env, botframework, tables) -> None:
+        token = mint()
+        answer = hub_call(token[:32], {"type": "failed"}, secret=HUB_SECRET)
+        assert answer.status_code == 202 and body_json(answer)["state"] == "ended"
+        before = everything_stored(tables)
+        assert redeem(botframework, token).status_code == 200
+        assert_cannot_continue(botframework)
+        assert everything_stored(tables) == before
+        assert [e["type"] for _, e in verified_hub_events(hub_env, HUB_PATH, HUB_SECRET)] == ["handoff.requested"]
+
+    @pytest.mark.parametrize("conversation_type", ["groupChat", "channel"])
+    def test_a_group_chat_is_answered_like_an_unknown_token_and_consumes_nothing(self, env, botframework, tables, conversation_type) -> None:
+        token = mint()
+        before = everything_stored(tables)
+        group = in_chat("19:meeting_group@thread.v2", conversationType=conversation_type)
+        assert redeem(botframework, token, **group).status_code == 200
+        assert_cannot_continue(botframework)
+        assert everything_stored(tables) == before  # no claim, no link, nothing
+        botframework.connector.clear()
+        assert redeem(botframework, token).status_code == 200  # still redeemable in the user's 1:1 chat
+        assert_continued(botframework, token[:32])
 
     def test_earlier_link_still_works_after_a_repeat(self, env, botframework) -> None:
         first = mint()
@@ -103,14 +189,29 @@ class TestRedemption:
         assert redeem(botframework, token).status_code == 200
         assert_cannot_continue(botframework)
 
-    @pytest.mark.parametrize("token", ["A" * 43, "garbled token!", "", "x" * 5000])
-    def test_unknown_or_garbled_token(self, env, botframework, tables, token: str) -> None:
-        mint()
-        before = sorted((e["PartitionKey"], e["RowKey"]) for t in (tables.handoffs, tables.tokens) for e in t.list_entities())
-        assert redeem(botframework, token).status_code == 200
+    @pytest.mark.parametrize(
+        "forge",
+        [
+            lambda real: "A" * 43,
+            lambda real: "garbled token!",
+            lambda real: "",
+            lambda real: "x" * 5000,
+            lambda real: "a" * 32 + "B" * 43,  # well-formed, no such handoff
+            lambda real: real[:32] + "B" * 43,  # a real handoff, a forged secret
+            lambda real: real[:-1],
+            lambda real: real + "=",
+        ],
+        ids=["43-chars", "garbled", "empty", "5000-chars", "unknown-handoff", "forged-secret", "truncated", "padded"],
+    )
+    def test_unknown_or_garbled_token(self, env, botframework, tables, forge) -> None:
+        real = mint()
+        before = everything_stored(tables)
+        assert redeem(botframework, forge(real)).status_code == 200
         assert_cannot_continue(botframework)
-        after = sorted((e["PartitionKey"], e["RowKey"]) for t in (tables.handoffs, tables.tokens) for e in t.list_entities())
-        assert after == before  # no storage write
+        assert everything_stored(tables) == before  # no storage write
+        botframework.connector.clear()
+        assert redeem(botframework, real).status_code == 200
+        assert_continued(botframework)
 
     def test_bound_to_another_user_is_refused_and_not_consumed(self, env, botframework) -> None:
         token = mint(params={"userId": "11111111-2222-3333-4444-555555555555"})
@@ -137,18 +238,18 @@ class TestRedemption:
         assert action(invoke_without_conversation_tenant, jwt=botframework.jwt()).status_code == 200
         assert_continued(botframework)
 
-    def test_thirty_threads_one_continuation(self, env, botframework) -> None:
+    def test_thirty_users_at_once_one_continuation(self, hub_env, botframework) -> None:
         token = mint()
         barrier = threading.Barrier(30)
         statuses: list[int] = []
 
-        def attempt() -> None:
-            activity = invoke(token, service_url=botframework.service_url)
+        def attempt(number: int) -> None:
+            activity = invoke(token, service_url=botframework.service_url, **as_user(number))
             jwt = botframework.jwt()
             barrier.wait()
             statuses.append(action(activity, jwt=jwt).status_code)
 
-        threads = [threading.Thread(target=attempt) for _ in range(30)]
+        threads = [threading.Thread(target=attempt, args=(n,)) for n in range(30)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -157,6 +258,36 @@ class TestRedemption:
         sent = botframework.sent_activities()
         assert sum(1 for a in sent if a["type"] == "typing") == 1
         assert sum(1 for a in sent if a.get("text") == CANNOT_CONTINUE) == 29
+        connected = [e for _, e in verified_hub_events(hub_env, HUB_PATH, HUB_SECRET) if e["type"] == "handoff.connected"]
+        [winner] = [a for a in sent if a["type"] == "typing"]
+        assert [e["user"]["id"] for e in connected] == [winner["recipient"]["id"]]
+
+    def test_thirty_taps_of_one_user_in_one_chat_one_continuation(self, env, botframework) -> None:
+        token = mint()
+        barrier = threading.Barrier(30)
+        answers: list[object] = []
+
+        def attempt() -> None:
+            activity = invoke(token, service_url=botframework.service_url)
+            jwt = botframework.jwt()
+            barrier.wait()
+            answers.append(action(activity, jwt=jwt))
+
+        threads = [threading.Thread(target=attempt) for _ in range(30)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # the others either see the link being opened right now (503, retry) or, once it is, "already connected"
+        assert {a.status_code for a in answers} <= {200, 503}
+        assert all(int(a.headers["Retry-After"]) >= 1 for a in answers if a.status_code == 503)
+        sent = botframework.sent_activities()
+        assert sum(1 for a in sent if a["type"] == "typing") == 1
+        assert CANNOT_CONTINUE not in texts(botframework)
+        assert texts(botframework).count(ALREADY_CONNECTED) == sum(a.status_code == 200 for a in answers) - 1
+        botframework.connector.clear()
+        redeem(botframework, token)
+        assert texts(botframework) == [ALREADY_CONNECTED]
 
     def test_outbound_bot_token_is_cached(self, env, botframework) -> None:
         mint()
@@ -213,7 +344,7 @@ class TestConnectorFaults:
         botframework.connector.script(CONNECTOR_PATH, Answer(503), Answer(429, headers={"Retry-After": "1"}))
         assert redeem(botframework, token).status_code == 200
         assert_continued(botframework)
-        assert len(botframework.connector.requests_to(CONNECTOR_PATH)) == 5
+        assert len(botframework.connector.requests_to(CONNECTOR_PATH)) == 6  # 2 refused, then the 4 messages
 
     def test_always_failing_is_503_and_the_token_stays_redeemable(self, env, botframework) -> None:
         token = mint()
@@ -363,7 +494,7 @@ class TestAuthentication:
         monkeypatch.setenv("HANDOFF_AUTH_DISABLED", "true")
         caplog.set_level("WARNING")
         assert action(invoke(token, service_url=botframework.service_url)).status_code == 200
-        assert action({"type": "message", "text": "hi", "serviceUrl": botframework.service_url}).status_code == 200
+        assert action(user_message("hi", service_url=botframework.service_url)).status_code == 200
         warnings = [r for r in caplog.records if "HANDOFF_AUTH_DISABLED" in r.getMessage() and r.levelname == "WARNING"]
         assert len(warnings) == 2
 
@@ -380,12 +511,19 @@ class TestOtherActivities:
         response = action(activity, jwt=botframework.jwt())
         assert response.status_code == 501 and error_of(response)["code"] == "not_implemented"
 
-    @pytest.mark.parametrize("kind", ["message", "conversationUpdate", "typing", "event"])
+    @pytest.mark.parametrize("kind", ["conversationUpdate", "typing", "event", "messageReaction"])
     def test_other_activities_are_acknowledged(self, env, botframework, kind: str) -> None:
         activity = invoke("x", service_url=botframework.service_url, type=kind, name=None)
         response = action(activity, jwt=botframework.jwt())
         assert response.status_code == 200 and response.get_body() == b""
         assert botframework.sent_activities() == []
+
+    def test_a_message_with_no_open_handoff_gets_the_polite_reply(self, env, botframework, tables) -> None:
+        # changed by contract (2026-11-24): the user is told there is no open conversation, instead of silence
+        response = action(user_message("hello?", service_url=botframework.service_url), jwt=botframework.jwt())
+        assert response.status_code == 200 and response.get_body() == b""
+        assert texts(botframework) == [NO_OPEN_CONVERSATION]
+        assert stored_rows(tables.handoffs, tables.links) == []
 
     @pytest.mark.parametrize("value", [None, {}, {"continuation": 42}])
     def test_invoke_without_continuation_string_is_400(self, env, botframework, value) -> None:
