@@ -8,25 +8,32 @@ exits 0 only if every step behaved as the contract says.
 
     python scripts/demo.py             walk through the flow, then stop everything
     python scripts/demo.py --serve     start everything and keep it running for curl (see README)
+    python scripts/demo.py --serve --port 7072     the same, with the app on another port than 7071
+
+Ctrl+C, or `kill <PID>` (SIGTERM), stops everything it started and removes .demo/. The walkthrough is the list
+returned by `Walkthrough.steps()`: add a step there.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
-import hmac
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
@@ -34,13 +41,38 @@ sys.path.insert(0, str(PROJECT))
 import httpx  # noqa: E402
 
 from devtools.botframework import APP_ID, APP_PASSWORD, BotFramework  # noqa: E402
-from devtools.loopback import Answer, Azurite, LoopbackServer, Recorded, free_port, wait_for_port  # noqa: E402
+from devtools.loopback import Answer, Azurite, LoopbackServer, Recorded, free_port  # noqa: E402
 
 FIXTURE_INITIATE = PROJECT / "tests" / "fixtures" / "copilot-studio-handoff-initiate.activityset.json"
 FIXTURE_ACTION = PROJECT / "requests" / "action.json"
 USER_OBJECT_ID = "57162b23-ae6f-4e95-9774-27f7cb019864"  # the Teams user of the invoke fixture
 HUB_PATH = "/hooks/handoff"
 DEMO_DIR = PROJECT / ".demo"
+TABLE_PREFIX = "demo"  # HANDOFF_TABLE_PREFIX of the demo's app instances
+RECORD_FIELDS = ("conversationId", "state", "connected", "expiresAt", "hubStatus", "boundUserId", "transcriptBytes")
+DEFAULT_SERVE_PORT = 7071
+APP_START_SECONDS = 60
+# A well-formed activity without a handoff.initiate: this app answers 204 and writes nothing; another program
+# holding the port would not, which is how the demo knows the app that answers is its own.
+PROBE_BODY = b'{"type": "message", "id": "demo-probe"}'
+
+
+class StartError(Exception):
+    """Something the demo needs could not start; the message says what, on which port, and what to do."""
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def port_taken_message(port: int) -> str:
+    other = port + 1 if port < 65535 else DEFAULT_SERVE_PORT + 1
+    return (
+        f"port {port} is already taken by another program (scripts/run.sh, another demo, ...), so the app cannot "
+        f"serve there. Stop that program, or pick another port: scripts/demo.sh --serve --port {other}"
+    )
 
 
 class Style:
@@ -64,28 +96,47 @@ class Style:
 
 
 class Stack:
-    """Everything the demo runs, started in order and stopped in reverse."""
+    """Everything the demo runs, started in order by `start()` and stopped in reverse by `stop()`, which also
+    stops whatever a failed or interrupted `start()` left running."""
 
-    def __init__(self, *, app_port: int, log: Any) -> None:
-        self.hub_secret = secrets.token_hex(16)
-        self.azurite = Azurite().start()
-        self.hub = LoopbackServer("hub")
-        self.hub.route(HUB_PATH, lambda request: Answer(202, {"accepted": True}))
-        self.hub.route("/_received", lambda request: Answer(200, [r.json() for r in self.hub.requests_to(HUB_PATH, "POST")]))
-        self.bot = BotFramework()
-        self.bot.connector.route("/_sent", lambda request: Answer(200, self.bot.sent_activities()))
-        self.processes: list[subprocess.Popen[bytes]] = []
+    def __init__(self, *, app_port: int, log: IO[bytes]) -> None:
+        self.hub_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        self.app_port = app_port
         self.log = log
-        self.app_url = self._start_app(app_port, ttl=900)
+        self.azurite: Azurite | None = None
+        self.hub: LoopbackServer | None = None
+        self.bot: BotFramework | None = None
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.app_url = ""
+        self.short_lived_app_url = ""
+
+    def start(self) -> Stack:
+        if listening(self.app_port):
+            raise StartError(port_taken_message(self.app_port))
+        self.azurite = Azurite()
+        try:
+            self.azurite.start()
+        except (RuntimeError, TimeoutError) as exc:
+            raise StartError(f"Azurite (Table Storage) could not start on 127.0.0.1:{self.azurite.port}: {exc}") from None
+        self.hub = LoopbackServer("hub")
+        hub = self.hub
+        hub.route(HUB_PATH, lambda request: Answer(202, {"accepted": True}))
+        hub.route("/_received", lambda request: Answer(200, [r.json() for r in hub.requests_to(HUB_PATH, "POST")]))
+        self.bot = BotFramework()
+        bot = self.bot
+        bot.connector.route("/_sent", lambda request: Answer(200, bot.sent_activities()))
+        self.app_url = self._start_app(self.app_port, ttl=900)
         self.short_lived_app_url = self._start_app(free_port(), ttl=2)
+        return self
 
     def settings(self, ttl: int) -> dict[str, str]:
         """Every setting of the contract, explicitly: a developer's local.settings.json must not change the demo."""
+        assert self.azurite is not None and self.hub is not None and self.bot is not None
         return {
             "HANDOFF_STORAGE_CONNECTION": self.azurite.connection_string,
             "AzureWebJobsStorage": self.azurite.connection_string,
             "HANDOFF_TABLES_ENDPOINT": "",
-            "HANDOFF_TABLE_PREFIX": "demo",
+            "HANDOFF_TABLE_PREFIX": TABLE_PREFIX,
             "MicrosoftAppId": APP_ID,
             "MicrosoftAppPassword": APP_PASSWORD,
             "MicrosoftAppTenantId": "",
@@ -94,24 +145,57 @@ class Stack:
             "HANDOFF_TOKEN_TTL_SECONDS": str(ttl),
             "HANDOFF_HUB_URL": self.hub.url + HUB_PATH,
             "HANDOFF_HUB_SECRET": self.hub_secret,
+            "HANDOFF_HUB_SECRET_PREVIOUS": "",
+            "HANDOFF_HUB_RETRY_SECONDS": "30",
+            "HANDOFF_HUB_RETRY_HOURS": "24",
+            "HANDOFF_RETENTION_DAYS": "30",
+            "HANDOFF_SWEEP_SCHEDULE": "0 */1 * * * *",
+            "HANDOFF_SWEEP_BATCH": "500",
             "BOT_OPENID_METADATA_URL": self.bot.metadata_url,
             "BOT_TOKEN_URL": self.bot.token_url,
             "HANDOFF_ALLOWED_SERVICE_URL_HOSTS": "127.0.0.1",
             "HANDOFF_AUTH_DISABLED": "false",
-            "HANDOFF_MAX_BODY_BYTES": "4194304",
+            "HANDOFF_MAX_BODY_BYTES": "4000000",
         }
 
     def _start_app(self, port: int, *, ttl: int) -> str:
+        """Starts an app instance and returns its URL once it answers as this app; StartError otherwise."""
+        if listening(port):
+            raise StartError(port_taken_message(port))
         if shutil.which("func"):
             command = ["func", "start", "--port", str(port)]
         else:
             command = [sys.executable, str(PROJECT / "scripts" / "local_runner.py"), "--port", str(port)]
+        # Its own session: stopping it stops its whole tree (func start's worker too), and the demo alone decides when.
         process = subprocess.Popen(
-            command, cwd=PROJECT, env={**os.environ, **self.settings(ttl)}, stdout=self.log, stderr=subprocess.STDOUT
+            command, cwd=PROJECT, env={**os.environ, **self.settings(ttl)}, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.processes.append(process)
-        wait_for_port(port, timeout=60)
-        return f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + APP_START_SECONDS
+        last = "nothing listens"
+        with httpx.Client(timeout=5, trust_env=False) as http:
+            while True:
+                if process.poll() is not None:
+                    raise StartError(f"the function app exited (status {process.returncode}) before it served on port {port}")
+                if listening(port):
+                    try:
+                        answer = http.post(f"{url}/api/handoff/initiate", content=PROBE_BODY, headers={"Content-Type": "application/json"})
+                    except httpx.HTTPError as exc:
+                        last = f"{type(exc).__name__}"
+                    else:
+                        if answer.status_code == 204:
+                            return url
+                        last = f"POST /api/handoff/initiate answered {answer.status_code} {answer.text[:200]!r}, not this app's 204"
+                        if answer.status_code == 500 and b"configuration_error" in answer.content:
+                            raise StartError(f"the function app on port {port} refuses its settings: {answer.text[:300]}")
+                if time.monotonic() >= deadline:
+                    raise StartError(
+                        f"the app on port {port} did not answer as this function app within {APP_START_SECONDS} s ({last}); "
+                        f"if another program holds the port, stop it or pick another: scripts/demo.sh --serve --port {port + 1}"
+                    )
+                time.sleep(0.2)
 
     @property
     def runtime(self) -> str:
@@ -119,14 +203,44 @@ class Stack:
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            process.terminate()
+            _signal_group(process, signal.SIGTERM)
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:
-                process.kill()
-        self.bot.stop()
-        self.hub.stop()
-        self.azurite.stop()
+                _signal_group(process, signal.SIGKILL)
+                process.wait(5)
+        self.processes.clear()
+        if self.bot is not None:
+            self.bot.stop()
+            self.bot = None
+        if self.hub is not None:
+            self.hub.stop()
+            self.hub = None
+        if self.azurite is not None:
+            self.azurite.stop()
+            self.azurite = None
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+class Redemption(str, Enum):
+    """What the user should see after an invoke, per the contract."""
+
+    CONTINUED = "continued"
+    ALREADY_CONNECTED = "already_connected"
+    CANNOT_CONTINUE = "cannot_continue"
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    run: Callable[[], list[str]]  # the problems seen; empty when the step behaved as the contract says
+    required: bool = False  # the later steps depend on it: stop the walkthrough if it fails
 
 
 class Walkthrough:
@@ -137,7 +251,7 @@ class Walkthrough:
         self.results: list[tuple[str, bool]] = []
         self.initiated: dict[str, Any] = {}
 
-    def step(self, title: str, run: Callable[[], list[str]]) -> None:
+    def step(self, title: str, run: Callable[[], list[str]]) -> bool:
         print(self.style.head(f"\n━━ {title} ━━"))
         started = time.perf_counter()
         try:
@@ -150,6 +264,7 @@ class Walkthrough:
         for problem in problems:
             print(self.style.bad(f"   ✘ {problem}"))
         print((self.style.ok("   ✔ as expected") if ok else self.style.bad("   ✘ NOT as expected")) + self.style.dim(f"  ({elapsed:.0f} ms)"))
+        return ok
 
     def show(self, label: str, value: object) -> None:
         print(f"   {label:<15} {value}")
@@ -192,11 +307,17 @@ class Walkthrough:
             return [f"expected one delivery, the hub got {len(requests)}"]
         request: Recorded = requests[0]
         event = request.json()
-        timestamp = request.header("X-Handoff-Timestamp") or ""
-        expected = "sha256=" + hmac.new(self.stack.hub_secret.encode(), f"{timestamp}.".encode() + request.body, hashlib.sha256).hexdigest()
-        verified = hmac.compare_digest(expected, request.header("X-Handoff-Signature") or "")
-        self.show("request", f"POST {HUB_PATH}  Idempotency-Key: {request.header('Idempotency-Key')}  X-Handoff-Timestamp: {timestamp}")
-        self.show("signature", f"{request.header('X-Handoff-Signature')[:23]}…  " + (self.style.ok("verifies with HANDOFF_HUB_SECRET") if verified else self.style.bad("DOES NOT VERIFY")))
+        # Standard Webhooks: verified with the standardwebhooks package, as a hub would
+        from standardwebhooks import Webhook, WebhookVerificationError
+
+        try:
+            Webhook(self.stack.hub_secret).verify(request.body, request.headers)
+            verified = True
+        except WebhookVerificationError:
+            verified = False
+        signature = request.header("webhook-signature") or ""
+        self.show("request", f"POST {HUB_PATH}  webhook-id: {request.header('webhook-id')}  webhook-timestamp: {request.header('webhook-timestamp')}")
+        self.show("signature", f"{signature[:23]}…  " + (self.style.ok("verifies with HANDOFF_HUB_SECRET") if verified else self.style.bad("DOES NOT VERIFY")))
         self.show("event", f"{event['type']} · conversation {event['conversation']['id']} · user {event['conversation'].get('user', {}).get('name')}")
         context = event["context"]
         self.show("context", ", ".join(f"{k}={v!r}" for k, v in context.items() if k in ("va_BotName", "va_LastTopic", "va_LastPhrase", "va_AgentMessage")))
@@ -204,39 +325,51 @@ class Walkthrough:
         problems = []
         if not verified:
             problems.append("the signature does not verify")
-        if request.header("Idempotency-Key") != self.initiated.get("handoffId"):
-            problems.append("Idempotency-Key is not the handoff id")
+        if request.header("webhook-id") != self.initiated.get("handoffId"):
+            problems.append("webhook-id is not the handoff id")
         return problems
 
     def storage(self) -> list[str]:
+        """What the app keeps, found by the handoff's partition and the token's hash in every table of the demo's
+        prefix (so this step reads any table layout): a record, compressed blobs, the token only as its SHA-256."""
         from azure.data.tables import TableServiceClient
 
+        assert self.stack.azurite is not None
         service = TableServiceClient.from_connection_string(self.stack.azurite.connection_string)
         handoff_id = self.initiated["handoffId"]
-        rows = list(service.get_table_client("demohandoffs").query_entities("PartitionKey eq @pk", parameters={"pk": handoff_id}))
-        print(self.style.dim(f"   table demohandoffs, partition {handoff_id}:"))
-        for row in sorted(rows, key=lambda r: r["RowKey"] != "handoff"):
-            if row["RowKey"] == "handoff":
-                fields = {k: row[k] for k in ("conversationId", "expiresAt", "hubStatus", "boundUserId", "transcriptBytes") if k in row}
-                self.show(row["RowKey"], ", ".join(f"{k}={v}" for k, v in fields.items()))
-            else:
-                size = sum(len(v) for k, v in row.items() if k.startswith("p"))
-                self.show(row["RowKey"], f"{size} bytes, zlib-compressed")
-        print(self.style.dim("   table demotokens:"))
-        tokens = list(service.get_table_client("demotokens").list_entities())
         token = self.initiated["continuationToken"]
-        for row in tokens:
-            self.show("tokens", f"PartitionKey={row['PartitionKey'][:16]}… (SHA-256 of the token), handoffId={row['handoffId']}")
+        token_hash = hashlib.sha256(token.encode()).hexdigest()
+        every_row: list[dict[str, Any]] = []
+        hash_keyed = False
+        for table in sorted(t.name for t in service.list_tables() if t.name.startswith(TABLE_PREFIX)):
+            rows = [dict(row) for row in service.get_table_client(table).list_entities()]
+            every_row += rows
+            mine = [r for r in rows if r["PartitionKey"] == handoff_id or token_hash in r["PartitionKey"] + r["RowKey"]]
+            if not mine:
+                continue
+            print(self.style.dim(f"   table {table}:"))
+            for row in sorted(mine, key=lambda r: (r["RowKey"] != "handoff", r["RowKey"])):
+                key = row["RowKey"] if row["PartitionKey"] == handoff_id else row["PartitionKey"]
+                if token_hash in key:
+                    hash_keyed = True
+                    self.show("token", f"{key.replace(token_hash, token_hash[:16] + '…')} (SHA-256 of the token)")
+                elif row["RowKey"] == "handoff":
+                    fields = {k: row[k] for k in RECORD_FIELDS if k in row}
+                    self.show("handoff", ", ".join(f"{k}={v}" for k, v in fields.items()))
+                else:
+                    size = sum(len(v) for v in row.values() if isinstance(v, (bytes, bytearray)))
+                    self.show(key[:24], f"{size} bytes, zlib-compressed" if size else ", ".join(k for k in row if k not in ("PartitionKey", "RowKey"))[:90])
         problems = []
-        if not any(row["RowKey"] == "handoff" for row in rows):
+        if not any(r["PartitionKey"] == handoff_id and r["RowKey"] == "handoff" for r in every_row):
             problems.append("no handoff record")
-        if any(token in repr(dict(row)) for row in tokens + rows):
+        if any(token in repr(row) for row in every_row):
             problems.append("the plaintext token is stored")
-        if hashlib.sha256(token.encode()).hexdigest() not in {row["PartitionKey"] for row in tokens}:
-            problems.append("the token's hash is not the key of its row")
+        if not hash_keyed:
+            problems.append("no row is keyed by the token's SHA-256")
         return problems
 
-    def redeem(self, token: str, *, expect_continued: bool, app_url: str | None = None) -> list[str]:
+    def redeem(self, token: str, *, expect: Redemption, app_url: str | None = None) -> list[str]:
+        assert self.stack.bot is not None
         activity = json.loads(FIXTURE_ACTION.read_text())
         activity["value"]["continuation"] = token
         activity["serviceUrl"] = self.stack.bot.service_url
@@ -250,16 +383,27 @@ class Walkthrough:
         for message in sent:
             if message["type"] == "typing":
                 print(self.style.dim("     … (typing)"))
-            else:
-                for index, line in enumerate(message["text"].splitlines()):
-                    print(f"     {'💬' if index == 0 else '  '} {line}")
+                continue
+            for index, line in enumerate((message.get("text") or "").splitlines()):
+                print(f"     {'💬' if index == 0 else '  '} {line}")
+            for attachment in message.get("attachments") or []:
+                actions = (attachment.get("content") or {}).get("actions") or []
+                print(f"     ▣ {attachment.get('contentType', 'attachment')}: " + " ".join(f"[{a.get('title')}]" for a in actions))
         problems = []
         if response.status_code != 200 or response.content:
             problems.append(f"expected 200 with an empty body, got {response.status_code} {response.text[:200]}")
         kinds = [m["type"] for m in sent]
-        if expect_continued and kinds != ["message", "typing", "message"]:
-            problems.append(f"expected the continuation (message, typing, message), the user got {kinds}")
-        if not expect_continued and (kinds != ["message"] or "start a new conversation" not in sent[0]["text"]):
+        texts = " ".join(m.get("text") or "" for m in sent)
+        if expect is Redemption.CONTINUED:
+            # the contract: a message that the chat continues, typing, the context, then where the agent side stands
+            if kinds[:2] != ["message", "typing"] or len(kinds) < 4 or set(kinds[2:]) != {"message"}:
+                problems.append(f"expected the continuation (message, typing, the context, the agent's status), the user got {kinds}")
+            if "An agent will join shortly" not in texts and "is ready for you" not in texts:
+                problems.append("the continuation does not say where the agent side stands")
+        elif expect is Redemption.ALREADY_CONNECTED:
+            if kinds != ["message"] or "already connected" not in texts:
+                problems.append(f"expected one message saying the user is already connected, the user got {kinds}")
+        elif kinds != ["message"] or "start a new conversation" not in texts:
             problems.append("expected one message telling the user to start a new conversation")
         return problems
 
@@ -267,65 +411,111 @@ class Walkthrough:
         event = json.loads(FIXTURE_INITIATE.read_text())
         event["activities"][0]["id"] += "-expiry-demo"
         print(f"   → POST {self.stack.short_lived_app_url}/api/handoff/initiate  (a second app instance on the same storage, HANDOFF_TOKEN_TTL_SECONDS=2)")
+        print(self.style.dim(
+            f"     the fixture of step 1 with another activity id ({event['activities'][0]['id']}): a new handoff, so 201 Created,\n"
+            "     not the 200 a repeat of step 1's event would get; unbound (no userId)"
+        ))
         response = self.post(f"{self.stack.short_lived_app_url}/api/handoff/initiate", json.dumps(event).encode())
         if response.status_code != 201:
             return [f"expected 201, got {response.status_code}"]
+        self.show("handoffId", f"{response.json()['handoffId']} (another handoff than step 1's)")
+        self.show("expiresAt", response.json()["expiresAt"])
         print(self.style.dim("   waiting 3 s for the link to expire…"))
         time.sleep(3)
-        return self.redeem(response.json()["continuationToken"], expect_continued=False)
+        return self.redeem(response.json()["continuationToken"], expect=Redemption.CANNOT_CONTINUE)
+
+    def token(self) -> str:
+        return self.initiated["continuationToken"]
+
+    def steps(self) -> list[Step]:
+        """The walkthrough, in order: each step prints what it sent and saw, and returns what was not as expected."""
+        return [
+            Step("Copilot Studio hands off: POST /api/handoff/initiate", self.initiate, required=True),
+            Step("What the engagement hub received", self.hub_received),
+            Step("What Table Storage holds", self.storage),
+            Step("The user opens the link in Teams: POST /api/handoff/action", lambda: self.redeem(self.token(), expect=Redemption.CONTINUED)),
+            Step("The same link, opened again in the same chat", lambda: self.redeem(self.token(), expect=Redemption.ALREADY_CONNECTED)),
+            Step("An expired link", self.expired),
+        ]
 
     def run(self) -> bool:
-        self.step("Step 1 · Copilot Studio hands off: POST /api/handoff/initiate", self.initiate)
-        if not self.initiated:
-            return False
-        self.step("Step 2 · What the engagement hub received", self.hub_received)
-        self.step("Step 3 · What Table Storage holds", self.storage)
-        token = self.initiated["continuationToken"]
-        self.step("Step 4 · The user opens the link in Teams: POST /api/handoff/action", lambda: self.redeem(token, expect_continued=True))
-        self.step("Step 5 · The same link, opened again", lambda: self.redeem(token, expect_continued=False))
-        self.step("Step 6 · An expired link", self.expired)
+        steps = self.steps()
+        for number, step in enumerate(steps, start=1):
+            if not self.step(f"Step {number} · {step.title}", step.run) and step.required:
+                print(self.style.bad(f"   the later steps need this one: stopping after step {number}"))
+                break
         passed = sum(ok for _, ok in self.results)
-        line = f"\ndemo: {passed} of {len(self.results)} steps behaved as expected"
-        print(self.style.ok(line) if passed == len(self.results) else self.style.bad(line))
-        return passed == len(self.results)
+        line = f"\ndemo: {passed} of {len(steps)} steps behaved as expected"
+        print(self.style.ok(line) if passed == len(steps) else self.style.bad(line))
+        return passed == len(steps)
+
+
+DEMO_FILES = ("jwt", "service_url")
 
 
 def serve(stack: Stack, style: Style) -> None:
-    DEMO_DIR.mkdir(exist_ok=True)
-    (DEMO_DIR / "jwt").write_text(stack.bot.jwt(lifetime=3600))
-    (DEMO_DIR / "service_url").write_text(stack.bot.service_url)
-    print(style.head("\nEverything is running; Ctrl+C stops it."))
+    """Keeps the stack running until Ctrl+C or SIGTERM; .demo/jwt and .demo/service_url exist only meanwhile."""
+    assert stack.bot is not None and stack.hub is not None and stack.azurite is not None
+    try:
+        DEMO_DIR.mkdir(exist_ok=True)
+        (DEMO_DIR / "jwt").write_text(stack.bot.jwt(lifetime=3600))
+        (DEMO_DIR / "service_url").write_text(stack.bot.service_url)
+        _serve(stack, style)
+    finally:
+        for name in DEMO_FILES:
+            (DEMO_DIR / name).unlink(missing_ok=True)
+        try:
+            DEMO_DIR.rmdir()
+        except OSError:  # not empty: something else of the user's is in it
+            pass
+
+
+def _serve(stack: Stack, style: Style) -> None:
+    assert stack.bot is not None and stack.hub is not None and stack.azurite is not None
+    print(style.head(f"\nEverything is running (PID {os.getpid()}); Ctrl+C or kill {os.getpid()} stops it."))
     print(f"   app (Functions)   {stack.app_url}   via {stack.runtime}")
     print(f"   Table Storage     {stack.azurite.connection_string}")
     print(f"   engagement hub    {stack.hub.url}{HUB_PATH}   (what it received: GET {stack.hub.url}/_received)")
     print(f"   Bot Connector     {stack.bot.service_url}   (what the user received: GET {stack.bot.connector.url}/_sent)")
-    print(f"   a Bot Framework JWT for the next hour is in {DEMO_DIR.relative_to(PROJECT)}/jwt; the README shows the curl commands.")
+    print(f"   a Bot Framework JWT for the next hour is in {DEMO_DIR.relative_to(PROJECT)}/jwt, the connector's URL in "
+          f"{DEMO_DIR.relative_to(PROJECT)}/service_url (both removed on exit); the README shows the curl commands.", flush=True)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
+    finally:  # Ctrl+C, or SIGTERM / SIGHUP (raised here as SystemExit)
+        print("\ndemo: stopping everything it started…", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The whole handoff on one machine.")
     parser.add_argument("--serve", action="store_true", help="start everything and keep it running for curl, without the walkthrough")
-    parser.add_argument("--port", type=int, default=None, help="the app's port (default: 7071 with --serve, a free port otherwise)")
+    parser.add_argument("--port", type=int, default=None, help=f"the app's port (default: {DEFAULT_SERVE_PORT} with --serve, a free port otherwise)")
     parser.add_argument("--no-color", action="store_true")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop everything on SIGTERM too, not only Ctrl+C
+    if args.port is not None and not 1 <= args.port <= 65535:
+        parser.error(f"--port must be from 1 to 65535 (got {args.port})")
+    # Stop everything on SIGTERM (kill <PID>) and SIGHUP (terminal closed) too, not only on Ctrl+C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     style = Style(sys.stdout.isatty() and not args.no_color and "NO_COLOR" not in os.environ)
-    port = args.port or (7071 if args.serve else free_port())
+    port = args.port or (DEFAULT_SERVE_PORT if args.serve else free_port())
     with tempfile.TemporaryFile() as log:
-        print(style.dim("starting Azurite, the function app (two instances), the hub and the Bot Framework stand-ins…"))
+        print(style.dim("starting Azurite, the function app (two instances), the hub and the Bot Framework stand-ins…"), flush=True)
+        stack = Stack(app_port=port, log=log)
         try:
-            stack = Stack(app_port=port, log=log)
-        except Exception as exc:  # noqa: BLE001
-            log.seek(0)
-            print(style.bad(f"could not start: {exc}\n{log.read().decode(errors='replace')[-3000:]}"), file=sys.stderr)
-            return 2
-        try:
-            print(style.dim(f"app: {stack.app_url} via {stack.runtime}; Azurite on port {stack.azurite.port}"))
+            try:
+                stack.start()
+            except StartError as exc:
+                print(style.bad(f"demo: could not start: {exc}"), file=sys.stderr)
+                log.seek(0)
+                output = log.read().decode(errors="replace")[-3000:]
+                if output.strip():
+                    print(style.dim(f"the app's output:\n{output}"), file=sys.stderr)
+                return 2
+            assert stack.azurite is not None
+            print(style.dim(f"app: {stack.app_url} via {stack.runtime}; Azurite on port {stack.azurite.port}"), flush=True)
             if args.serve:
                 serve(stack, style)
                 return 0

@@ -30,5 +30,9 @@ def test_demo_walks_through_every_step() -> None:
     assert "(SHA-256 of the token)" in output
     assert output.count("← 200 OK, 0 bytes") == 3
     assert "You're continuing your earlier conversation with Test501" in output
-    assert output.count("Please start a new conversation") == 2
+    assert "You're already connected: carry on here." in output  # step 5: the same user, the same chat
+    assert output.count("Please start a new conversation") == 1  # step 6: the expired link
+    # step 6 says what it posted, and why that is a 201
+    assert "the fixture of step 1 with another activity id" in output
+    assert "a new handoff, so 201 Created,\n     not the 200 a repeat of step 1's event would get" in output
     assert "demo: 6 of 6 steps behaved as expected" in output
