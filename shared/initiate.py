@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _REMINDER_FIELD_CHARS = 1000
+SAFETY_NET_DELAY = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,12 @@ def initiate(
 
     # The sweeper's work is scheduled first: an index row that turns out to need nothing is harmless, a handoff
     # the sweeper could never find would be kept for ever.
-    schedule.add(Due(fresh.expires_at, DueKind.EXPIRE, handoff_id), Due(now + retention, DueKind.PURGE, handoff_id))
+    work = [Due(fresh.expires_at, DueKind.EXPIRE, handoff_id), Due(now + retention, DueKind.PURGE, handoff_id)]
+    if hub:
+        # A safety net in the same write: should this instance die while it holds the delivery lease, the sweeper
+        # finds handoff.requested undelivered once the lease has lapsed (normally it finds nothing to do).
+        work.append(Due(now + LEASE + SAFETY_NET_DELAY, DueKind.DELIVER, handoff_id))
+    schedule.add(*work)
     handoff = handoffs.create(fresh, blobs, token_key=row_key(token), first_event=requested)
     created = handoff is not None
     if handoff is not None:

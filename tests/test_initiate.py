@@ -191,7 +191,10 @@ class TestHubWebhook:
         assert len(hub_env.requests_to(HUB_PATH)) == 3
         record = services.handoff_store(current_settings()).find(handoff_id)
         assert (record.settled_seq, record.next_seq, record.retry_delay) == (0, 2, 1)
-        assert [(d.kind.value, d.handoff_id) for d in due_rows(tables) if d.kind.value == "deliver"] == [("deliver", handoff_id)]
+        # the sweeper finds the retry at the handoff's retry time (and the initiate's safety net, after the lease)
+        delivers = [d for d in due_rows(tables) if d.kind.value == "deliver"]
+        assert {d.handoff_id for d in delivers} == {handoff_id}
+        assert any(abs((d.at - record.retry_at).total_seconds()) < 1 for d in delivers)
 
         at_once = initiate(fixture_bytes(ACTIVITY_SET))  # the hub is known to be down: no waiting on it
         assert at_once.status_code == 200 and body_json(at_once)["hub"] == {"status": "pending"}
@@ -220,7 +223,12 @@ class TestHubWebhook:
         assert body_json(initiate(fixture_bytes(ACTIVITY_SET)))["hub"] == {"status": "failed"}
         assert body_json(initiate(fixture_bytes(ACTIVITY_SET)))["hub"] == {"status": "failed"}
         assert len(hub_env.requests_to(HUB_PATH)) == 1
-        assert [d for d in due_rows(tables) if d.kind.value == "deliver"] == []
+        # nothing is owed to the hub: no retry is scheduled (only initiate's safety net, which will find nothing)
+        handoff_id = body_json(initiate(fixture_bytes(ACTIVITY_SET)))["handoffId"]
+        record = services.handoff_store(current_settings()).find(handoff_id)
+        assert not record.unsettled and record.retry_at is None
+        delivers = [d for d in due_rows(tables) if d.kind.value == "deliver"]
+        assert len(delivers) == 1 and delivers[0].at <= record.created_at + timedelta(seconds=61)
 
     def test_unreachable_hub_is_pending(self, env, monkeypatch) -> None:
         monkeypatch.setenv("HANDOFF_HUB_URL", f"http://127.0.0.1:{free_port()}/hook")
