@@ -135,11 +135,11 @@ def all_logs() -> Iterator[LogCapture]:
     root.setLevel(previous)
 
 
-# What must never appear in a log line: bearer JWTs, continuation tokens (43 URL-safe characters standing
-# alone), outbound bot tokens, the app password, the hub secret, and transcript text.
+# What must never appear in a log line: bearer JWTs, continuation tokens (a 32-character handoff id and 43
+# URL-safe characters, or the 43 standing alone), outbound bot tokens, the app password, the hub secret, and transcript text.
 FORBIDDEN_IN_LOGS = [
     (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}"), "a JWT"),
-    (re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])"), "a continuation token"),
+    (re.compile(r"(?<![A-Za-z0-9_-])(?:[a-z2-7]{32})?[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])"), "a continuation token"),
     (re.compile(re.escape("bot-access-token-")), "an outbound bot token"),
     (re.compile(re.escape(APP_PASSWORD)), "MicrosoftAppPassword"),
     (re.compile(re.escape(HUB_SECRET)), "HANDOFF_HUB_SECRET"),
