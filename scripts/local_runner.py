@@ -213,6 +213,8 @@ class App:
     root: Path
     routes: list[Route] = field(default_factory=list)
     timers: list[Timer] = field(default_factory=list)
+    # Functions in error, as the host has them when a binding expression does not resolve: the others still run.
+    errors: list[str] = field(default_factory=list)
 
 
 def load_app(app_root: Path = APP_ROOT) -> App:
@@ -228,7 +230,7 @@ def load_app(app_root: Path = APP_ROOT) -> App:
     app = App(app_root)
     for spec_path in sorted(app_root.glob("*/function.json")):
         _load_function(spec_path, prefix, app, hosthttp)
-    if not app.routes and not app.timers:
+    if not app.routes and not app.timers and not app.errors:
         raise FunctionJsonError(f"no */function.json under {app_root}")
     seen: dict[tuple[str, str], str] = {}
     for route in app.routes:
@@ -327,7 +329,11 @@ def _load_function(spec_path: Path, prefix: str, app: App, hosthttp: Any) -> Non
         app.routes.append(Route(name, frozenset(methods), pattern, f"/{prefix}/{template}" if prefix else f"/{template}",
                                 auth_level, handler, param_name))
     else:
-        expression = resolve_settings(str(trigger.get("schedule") or ""), where)
+        try:
+            expression = resolve_settings(str(trigger.get("schedule") or ""), where)
+        except FunctionJsonError as exc:
+            app.errors.append(str(exc))
+            return
         try:
             schedule = CronSchedule.parse(expression)
         except ValueError as exc:
@@ -549,9 +555,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {timer.function}: timerTrigger, schedule '{timer.schedule.expression}'"
                   f"{' (and at start-up)' if timer.run_on_startup else ''}")
 
+    for error in app.errors:
+        print(f"local_runner: a function is in error and will not run (as in the Functions host): {error}", file=sys.stderr)
     if args.check:
         describe()
-        return 0
+        return 2 if app.errors else 0
     try:
         server = make_server(app.routes, args.host, args.port)
     except OSError as exc:

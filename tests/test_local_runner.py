@@ -30,7 +30,8 @@ RUNNER = str(PROJECT / "scripts" / "local_runner.py")
 
 
 @pytest.fixture
-def runner(env, hub_env) -> Iterator[str]:
+def runner(env, hub_env, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("HANDOFF_SWEEP_SCHEDULE", "0 0 0 1 1 *")  # as local.settings.json has it (the sweeper stays idle)
     port = free_port()
     process = subprocess.Popen([sys.executable, RUNNER, "--port", str(port)], cwd=PROJECT, env=dict(os.environ),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -75,7 +76,8 @@ def test_check_works_as_the_readme_writes_it() -> None:
     """`python scripts/local_runner.py --check` with whatever `python` is on the PATH: without the app's packages
     it runs itself again with the project's .venv."""
     python = shutil.which("python") or shutil.which("python3")
-    result = subprocess.run([python, "scripts/local_runner.py", "--check"], cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "HANDOFF_SWEEP_SCHEDULE": "0 */1 * * * *"}  # as local.settings.json (from the example) has it
+    result = subprocess.run([python, "scripts/local_runner.py", "--check"], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "handoff_initiate: [POST]" in result.stdout and "/api/handoff/initiate" in result.stdout
     assert "handoff_action: [POST]" in result.stdout and "(authLevel anonymous)" in result.stdout
@@ -115,11 +117,22 @@ def test_runs_a_timer_function_on_its_schedule(tmp_path: Path) -> None:
 
 
 def test_a_schedule_setting_that_is_not_set_is_named(tmp_path: Path) -> None:
+    """As in the host: that function is in error (named, with the setting), the others are served; --check fails."""
     app = make_fake_app(tmp_path / "app")
     env = {k: v for k, v in os.environ.items() if k != "TICK_SCHEDULE"}
     result = subprocess.run([sys.executable, RUNNER, "--app", str(app), "--check"], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "tick/function.json: '%TICK_SCHEDULE%' does not resolve to a value: set the app setting TICK_SCHEDULE" in result.stderr
+    assert "items: [GET,POST]" in result.stdout and "tick: timerTrigger" not in result.stdout
+    port = free_port()
+    process = subprocess.Popen([sys.executable, RUNNER, "--app", str(app), "--port", str(port)], cwd=PROJECT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, timeout=20)
+        assert httpx.get(f"http://127.0.0.1:{port}/api/items/1?kind=text", timeout=15).text == "h\u00e9llo"
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 @pytest.mark.parametrize(
@@ -213,15 +226,20 @@ def test_accepts_postponed_annotations_as_the_worker_does(tmp_path: Path) -> Non
     assert routes[0].function == "fn_future_annotations"
 
 
-def test_the_functions_annotations_resolve() -> None:
+def test_the_functions_annotations_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
     import typing
 
     import azure.functions as func
 
+    monkeypatch.setenv("HANDOFF_SWEEP_SCHEDULE", "0 */1 * * * *")
     app = load_app(PROJECT)
+    assert not app.errors
     for route in app.routes:
         hints = typing.get_type_hints(route.handler)
         assert hints[route.param_name] is func.HttpRequest and hints["return"] is func.HttpResponse
+    for timer in app.timers:
+        hints = typing.get_type_hints(timer.handler)
+        assert hints[timer.param_name] is func.TimerRequest and hints.get("return") is type(None)
 
 
 def test_accepts_a_good_function_json(tmp_path: Path) -> None:
