@@ -26,7 +26,7 @@ def _b64(n: int) -> str:
 
 
 class SigningKeyPair:
-    def __init__(self, kid: str, endorsements: list[str] | None) -> None:
+    def __init__(self, kid: str, endorsements: Any) -> None:
         self.kid = kid
         self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.endorsements = endorsements
@@ -47,6 +47,8 @@ class BotFramework:
             "main": SigningKeyPair("key-main", ["msteams", "webchat"]),
             "plain": SigningKeyPair("key-plain", None),  # no endorsements list: accepted
             "other-channel": SigningKeyPair("key-other", ["skype"]),
+            # A malformed JWKS entry: `endorsements` a string, not a list. It endorses nothing (not every channel).
+            "string-endorsements": SigningKeyPair("key-string-endorsements", "msteams"),
         }
         self.unpublished = SigningKeyPair("key-unpublished", ["msteams"])
         self.login = LoopbackServer("botframework-login")

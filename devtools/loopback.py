@@ -2,7 +2,8 @@
 
 Each server records every request (method, path, headers, body) and answers through a route table;
 answers can be scripted per path (a list consumed in order, then the default), so that tests make a
-dependency fail on demand: an HTTP status, a `Retry-After`, a hang, or a dropped connection.
+dependency fail on demand: an HTTP status, a `Retry-After`, a hang, a dropped connection, a response
+dripped one byte a second (`Drip`), a huge body (`Huge`), or raw bytes such as garbage headers (`Raw`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,37 @@ from urllib.parse import urlsplit
 
 HANG = "hang"  # scripted answer: accept, read, never answer (until the server stops)
 DROP = "drop"  # scripted answer: close the connection without a response
+
+
+@dataclass
+class Drip:
+    """Scripted answer: a well-formed response sent `chunk` bytes every `interval` seconds (until the client
+    leaves or the server stops). `head=True` drips the status line and headers too, not only the body."""
+
+    status: int = 200
+    body: bytes = b'{"id": "dripped"}'
+    interval: float = 1.0
+    chunk: int = 1
+    head: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Huge:
+    """Scripted answer: a body of `size` bytes (spaces after an opening brace, so it is never valid JSON
+    whole), streamed in 64 KiB writes; with `chunked`, no Content-Length."""
+
+    status: int = 200
+    size: int = 200 * 1024 * 1024
+    chunked: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Raw:
+    """Scripted answer: these bytes, as they are (garbage headers, broken framing), then the connection closes."""
+
+    data: bytes
 
 
 @dataclass
@@ -50,7 +82,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Responder = Callable[[Recorded], "Answer | str"]
+Responder = Callable[[Recorded], "Answer | Drip | Huge | Raw | str"]
 
 
 class LoopbackServer:
@@ -58,7 +90,7 @@ class LoopbackServer:
         self.name = name
         self.requests: list[Recorded] = []
         self._routes: dict[str, Responder] = {}
-        self._scripts: dict[str, list[Answer | str]] = {}
+        self._scripts: dict[str, list[Answer | Drip | Huge | Raw | str]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         server = self
@@ -82,6 +114,13 @@ class LoopbackServer:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                if isinstance(answer, (Drip, Huge, Raw)):
+                    self.close_connection = True
+                    try:
+                        self._misbehave(answer)
+                    except OSError:
+                        pass  # the client gave up: that is the point
+                    return
                 assert isinstance(answer, Answer)
                 payload = answer.body
                 if isinstance(payload, (dict, list)):
@@ -97,6 +136,39 @@ class LoopbackServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _misbehave(self, answer: Drip | Huge | Raw) -> None:
+                sock = self.connection
+                if isinstance(answer, Raw):
+                    sock.sendall(answer.data)
+                    return
+                if isinstance(answer, Huge):
+                    head = [f"HTTP/1.1 {answer.status} OK", "Content-Type: application/json", "Connection: close"]
+                    head += [f"{k}: {v}" for k, v in answer.headers.items()]
+                    head.append("Transfer-Encoding: chunked" if answer.chunked else f"Content-Length: {answer.size}")
+                    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+                    block = b"{" + b" " * (65536 - 1)
+                    sent = 0
+                    while sent < answer.size and not server._stopping.is_set():
+                        piece = block[: min(len(block), answer.size - sent)]
+                        sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if answer.chunked else piece)
+                        sent += len(piece)
+                        block = b" " * 65536
+                    if answer.chunked:
+                        sock.sendall(b"0\r\n\r\n")
+                    return
+                head = [f"HTTP/1.1 {answer.status} OK", "Content-Type: application/json", "Connection: close",
+                        f"Content-Length: {len(answer.body)}"]
+                head += [f"{k}: {v}" for k, v in answer.headers.items()]
+                head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+                if not answer.head:
+                    sock.sendall(head_bytes)
+                    head_bytes = b""
+                data = head_bytes + answer.body
+                for start in range(0, len(data), answer.chunk):
+                    if server._stopping.wait(answer.interval):
+                        return
+                    sock.sendall(data[start : start + answer.chunk])
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
@@ -116,7 +188,7 @@ class LoopbackServer:
     def route(self, path_prefix: str, responder: Responder) -> None:
         self._routes[path_prefix] = responder
 
-    def script(self, path_prefix: str, *answers: Answer | str) -> None:
+    def script(self, path_prefix: str, *answers: Answer | Drip | Huge | Raw | str) -> None:
         """The next requests under `path_prefix` get these answers in order, then the route's default."""
         with self._lock:
             self._scripts.setdefault(path_prefix, []).extend(answers)
@@ -130,12 +202,12 @@ class LoopbackServer:
             self.requests.clear()
             self._scripts.clear()
 
-    def _answer(self, recorded: Recorded) -> Answer | str:
+    def _answer(self, recorded: Recorded) -> Answer | Drip | Huge | Raw | str:
         answer = self._choose(recorded)
-        recorded.status = answer.status if isinstance(answer, Answer) else None
+        recorded.status = answer.status if isinstance(answer, (Answer, Drip, Huge)) else None
         return answer
 
-    def _choose(self, recorded: Recorded) -> Answer | str:
+    def _choose(self, recorded: Recorded) -> Answer | Drip | Huge | Raw | str:
         path = urlsplit(recorded.path).path
         with self._lock:
             self.requests.append(recorded)

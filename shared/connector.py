@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import re
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
-from shared.errors import ServiceUnavailable, UpstreamRefused
-from shared.outbound import Deadline, RetryPolicy, Unavailable, send
+from shared.errors import InvalidConversationId, ServiceUnavailable, UpstreamRefused
+from shared.logsafe import clean
+from shared.outbound import Deadline, RetryPolicy, Unavailable, body_was_cut, json_body, send
 
 if TYPE_CHECKING:
     import httpx
@@ -28,6 +31,12 @@ log = logging.getLogger(__name__)
 
 SCOPE = "https://api.botframework.com/.default"
 REFRESH_MARGIN = 300.0
+MAX_TOKEN_LIFETIME = 24 * 3600.0  # Entra ID tokens live at most a day: a longer expires_in is not believed
+DEFAULT_TOKEN_LIFETIME = 3600.0
+MAX_CONVERSATION_ID_LENGTH = 1024
+MAX_ACCESS_TOKEN_LENGTH = 16 * 1024
+_ACCESS_TOKEN = re.compile(r"[\x21-\x7e]+")  # what may stand in an Authorization header
+_EXPIRES_IN = re.compile(r"[0-9]{1,10}")
 TOKEN_POLICY = RetryPolicy(attempts=3)
 CONNECTOR_POLICY = RetryPolicy()
 
@@ -79,8 +88,7 @@ class AppCredentials:
         if not response.is_success:
             log.error("The token endpoint refused the bot's credentials: HTTP %s", response.status_code)
             raise UpstreamRefused("The bot's credentials were refused by its token endpoint.", code="credentials_refused")
-        body = response.json()
-        return body["access_token"], float(body.get("expires_in", 3600))
+        return _token_answer(response)
 
     def _managed_identity_token(self) -> tuple[str, float]:
         from azure.core.exceptions import AzureError, ClientAuthenticationError
@@ -101,15 +109,105 @@ class AppCredentials:
         return access.token, access.expires_on - time.time()
 
 
+def _token_answer(response: httpx.Response) -> tuple[str, float]:
+    """(access_token, lifetime in seconds) from a 2xx token endpoint answer; anything else is the endpoint's fault.
+
+    A slow or oversized body is an outage (503); a body that is not the documented JSON (an HTML page, no
+    access_token, an expires_in that is not a non-negative number) is refused for good (502): retrying the
+    same endpoint will not make it answer differently.
+    """
+    if body_was_cut(response):
+        log.warning("The token endpoint's answer was too large or too slow (HTTP %s)", response.status_code)
+        raise ServiceUnavailable("The bot's token endpoint is unavailable; retry shortly.", code="token_endpoint_unavailable")
+    body = json_body(response)
+    token = body.get("access_token") if isinstance(body, dict) else None
+    lifetime = _lifetime(body.get("expires_in", DEFAULT_TOKEN_LIFETIME)) if isinstance(body, dict) else None
+    if not isinstance(token, str) or len(token) > MAX_ACCESS_TOKEN_LENGTH or not _ACCESS_TOKEN.fullmatch(token) or lifetime is None:
+        log.error(
+            "The token endpoint answered HTTP %s without a usable token (Content-Type %s): check BOT_TOKEN_URL",
+            response.status_code,
+            clean(response.headers.get("content-type"), 80),
+        )
+        raise UpstreamRefused(
+            "The bot's token endpoint did not answer with an access token; check BOT_TOKEN_URL.", code="token_endpoint_invalid"
+        )
+    return token, lifetime
+
+
+def _lifetime(value: object) -> float | None:
+    """`expires_in`: a finite non-negative number (or a string of digits, as some endpoints send), at most a day."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and _EXPIRES_IN.fullmatch(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if not isinstance(value, (int, float)) or value < 0:
+        return None
+    return float(min(value, MAX_TOKEN_LIFETIME))
+
+
+def activities_url(service_url: str, conversation_id: str) -> str:
+    """`{serviceUrl}/v3/conversations/{id}/activities`, the only URL the connector ever calls.
+
+    The serviceUrl must pass `check_service_url`'s form checks (the allow-list is the caller's); the id must be
+    non-empty, at most 1024 characters, without control characters, and not a dot segment (`.` / `..`, also
+    percent-encoded), which `quote` leaves as it is and which would move the request to another path.
+    """
+    from shared.botauth import service_url_base
+
+    if not isinstance(conversation_id, str) or not conversation_id:
+        raise InvalidConversationId("The activity has no conversation.id, so the bot cannot answer it.")
+    if len(conversation_id) > MAX_CONVERSATION_ID_LENGTH:
+        raise InvalidConversationId(f"The activity's conversation.id is longer than {MAX_CONVERSATION_ID_LENGTH} characters.")
+    if not conversation_id.isprintable():
+        raise InvalidConversationId("The activity's conversation.id contains control characters.")
+    if conversation_id in (".", "..") or unquote(conversation_id) in (".", ".."):
+        raise InvalidConversationId("The activity's conversation.id is not a valid id (a dot segment).")
+    base = service_url_base(service_url)
+    url = f"{base}/v3/conversations/{quote(conversation_id, safe='')}/activities"
+    # What httpx will request must be exactly this path: nothing normalised away, no other endpoint.
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise InvalidConversationId("The activity's conversation.id cannot be put in a URL.") from exc
+    if parsed.raw_path.decode("ascii") != f"{urlsplit(base).path}/v3/conversations/{quote(conversation_id, safe='')}/activities":
+        raise InvalidConversationId("The activity's conversation.id cannot be put in a URL.")
+    return url
+
+
 class BotConnector:
-    def __init__(self, *, credentials: AppCredentials, client: httpx.Client, policy: RetryPolicy = CONNECTOR_POLICY) -> None:
+    def __init__(
+        self,
+        *,
+        credentials: AppCredentials,
+        client: httpx.Client,
+        policy: RetryPolicy = CONNECTOR_POLICY,
+        allowed_hosts: tuple[str, ...] | None = None,
+    ) -> None:
         self._credentials = credentials
         self._client = client
         self._policy = policy
+        self._allowed_hosts = allowed_hosts
 
-    def send_activities(self, service_url: str, conversation_id: str, activities: list[dict[str, Any]], deadline: Deadline) -> None:
-        """POST each activity in order to `{serviceUrl}/v3/conversations/{id}/activities`."""
-        url = f"{service_url.rstrip('/')}/v3/conversations/{quote(conversation_id, safe='')}/activities"
+    def send_activities(
+        self, service_url: str, conversation_id: str, activities: list[dict[str, Any]], deadline: Deadline
+    ) -> list[str | None]:
+        """POST each activity in order to `{serviceUrl}/v3/conversations/{id}/activities`; the ids the connector gave.
+
+        Refuses before any call (and before fetching a token): a serviceUrl that `check_service_url` refuses
+        (`Unauthorized`; the allow-list too when this connector was given one) or a conversation id that is not a
+        valid path segment (`InvalidConversationId`, a 400 for an inbound activity). Each returned id is the `id`
+        of the connector's 2xx JSON answer, or None where it gave none (or not a string of at most 1024 characters).
+        """
+        if self._allowed_hosts is not None:
+            from shared.botauth import check_service_url
+
+            check_service_url(service_url, self._allowed_hosts)
+        url = activities_url(service_url, conversation_id)
+        ids: list[str | None] = []
         for activity in activities:
             token = self._credentials.token(deadline)
             headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -129,13 +227,21 @@ class BotConnector:
                 log.error(
                     "The Bot Connector refused an activity: HTTP %s, X-Correlating-OperationId=%s",
                     response.status_code,
-                    response.headers.get("X-Correlating-OperationId", "-"),
+                    clean(response.headers.get("X-Correlating-OperationId"), 100),
                 )
                 raise UpstreamRefused(
                     f"The Bot Connector refused the continuation messages (HTTP {response.status_code}); "
                     "check that the bot is installed for this user.",
                     code="connector_refused",
                 )
+            ids.append(_activity_id(response))
+        return ids
+
+
+def _activity_id(response: httpx.Response) -> str | None:
+    body = json_body(response)
+    value = body.get("id") if isinstance(body, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_CONVERSATION_ID_LENGTH else None
 
 
 def _send_or_unavailable(

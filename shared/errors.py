@@ -31,6 +31,12 @@ class InvalidActivity(BadRequest):
     code = "invalid_activity"
 
 
+class InvalidConversationId(BadRequest):
+    """A conversation id that cannot name a Bot Connector conversation (empty, too long, a dot segment...)."""
+
+    code = "invalid_conversation"
+
+
 class InvalidHubEvent(InvalidActivity):
     """The body of an engagement hub's call (`handoff_hub`) is not an event of the contract's table."""
 
@@ -40,11 +46,19 @@ class InvalidHubEvent(InvalidActivity):
 class Unauthorized(HandoffError):
     status = 401
     code = "unauthorized"
+    GENERIC = "The request is not authenticated as coming from the Bot Framework."
 
-    def __init__(self, reason: str) -> None:
-        # The reason goes to the log; the caller only ever sees the generic message.
-        super().__init__("The request is not authenticated as coming from the Bot Framework.")
+    def __init__(self, reason: str, *, detail: str | None = None, explain: bool = False) -> None:
+        """`reason` names the check that refused, in fixed words (never input, never a secret): it goes to the log,
+        and to the caller only with `explain` (HANDOFF_AUTH_DISABLED=true, local development). `detail` holds what
+        came from outside (an alg name, an exception type): log only, escaped there."""
+        message = f"{self.GENERIC} Refused because {reason} (shown since HANDOFF_AUTH_DISABLED=true)." if explain else self.GENERIC
+        super().__init__(message)
         self.reason = reason
+        self.detail = detail
+
+    def explained(self) -> Unauthorized:
+        return Unauthorized(self.reason, detail=self.detail, explain=True)
 
 
 class PayloadTooLarge(HandoffError):

@@ -19,9 +19,11 @@ def test_defaults() -> None:
     assert settings.hub_url is None and settings.hub_secret is None
     assert settings.openid_metadata_url == "https://login.botframework.com/v1/.well-known/openidconfiguration"
     assert settings.token_url == "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token"
-    assert settings.allowed_service_url_hosts == ("botframework.com", "botframework.us", "trafficmanager.net", "teams.microsoft.com")
+    assert settings.allowed_service_url_hosts == (
+        "botframework.com", "botframework.us", "smba.trafficmanager.net", "teams.microsoft.com", "teams.microsoft.us"
+    )
     assert settings.auth_disabled is False
-    assert settings.max_body_bytes == 4194304
+    assert settings.max_body_bytes == 4_000_000
 
 
 def test_storage_connection_falls_back_to_azure_web_jobs_storage() -> None:
@@ -88,8 +90,9 @@ def test_invalid_url_is_not_echoed() -> None:
 
 
 def test_repr_hides_secrets() -> None:
-    settings = Settings.from_env({"MicrosoftAppPassword": "pw-123", "HANDOFF_HUB_SECRET": "hub-456"})
-    assert "pw-123" not in repr(settings) and "hub-456" not in repr(settings)
+    secret = "whsec_aHViLXNpZ25pbmctc2VjcmV0LW9mLTI0LWJ5dGVzLWF0LWxlYXN0"
+    settings = Settings.from_env({"MicrosoftAppPassword": "pw-123", "HANDOFF_HUB_SECRET": secret})
+    assert "pw-123" not in repr(settings) and secret[6:] not in repr(settings)
 
 
 def test_current_settings_reparses_only_on_change() -> None:
