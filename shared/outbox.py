@@ -30,7 +30,7 @@ from shared.handoffs import Handoff, HandoffStore, Stale, StoredEvent, event_ent
 from shared.hub import event_body, webhook_id
 from shared.logsafe import clean
 from shared.schedule import Due, Schedule
-from shared.timeutil import to_iso
+from shared.timeutil import to_iso, utcnow
 from shared.vocabulary import Delivery, DueKind, EventType
 
 if TYPE_CHECKING:
@@ -164,11 +164,14 @@ class Outbox:
         known: Sequence[StoredEvent] = (),
         bodies: dict[int, bytes] | None = None,
         also: dict[str, Any] | None = None,
+        limit: int | None = None,
     ) -> DrainResult:
         """Post the handoff's unsettled events in seq order, then record the outcome and give the lease back.
 
         `known` are event rows this request wrote itself (no need to read them back); `bodies` pre-rendered
-        bodies by seq (handoff.requested as initiate built it); `also` other record changes for the final write.
+        bodies by seq (handoff.requested as initiate built it); `also` other record changes for the final write;
+        `limit` the most events to settle (delivered or given up) in this call (the sweeper's batch): the rest
+        is left due at once, as when time runs out, with no backoff.
         """
         assert self._hub is not None
         cache = {event.seq: event for event in known}
@@ -195,6 +198,8 @@ class Outbox:
                 if event.failed:
                     settled, seq = seq, seq + 1
                     continue
+                if limit is not None and delivered + failed >= limit:
+                    break
                 if deadline.remaining() < MIN_SECONDS_FOR_A_POST:
                     pending = True
                     break
@@ -202,8 +207,9 @@ class Outbox:
                 answer = self._hub.post(webhook_id(current.handoff_id, seq, event.type), body, deadline)
                 outcome = answer.delivery
                 if outcome is Delivery.PENDING:
-                    since = current.pending_since or now
-                    if now - since < self._retry.give_up_after:
+                    failed_at = utcnow()  # the retry counts from the failure, not from the start of the request
+                    since = current.pending_since or failed_at
+                    if failed_at - since < self._retry.give_up_after:
                         log.info("hub event pending: handoffId=%s seq=%d (%s)", current.handoff_id, seq, clean(answer.detail))
                         pending = True
                         if seq == 1:
@@ -228,6 +234,10 @@ class Outbox:
                     current = replace(current, retry_delay=0, pending_since=None, retry_at=None)
                 else:
                     delivered += 1
+                    if current.pending_since is not None or current.retry_delay:
+                        # the hub is back: the next event's first attempt is now, not when this one first failed
+                        carried.update(retry_delay=0, pending_since=None, retry_at=None)
+                        current = replace(current, retry_delay=0, pending_since=None, retry_at=None)
                 if seq == 1:
                     carried["requested_delivery"] = outcome
                 settled, seq = seq, seq + 1
@@ -235,7 +245,10 @@ class Outbox:
             changes = dict(carried)
             if pending:
                 delay = self._retry.next_delay(current.retry_delay)
-                changes.update(retry_delay=delay, retry_at=now + timedelta(seconds=delay), pending_since=current.pending_since or now)
+                failed_at = utcnow()
+                changes.update(
+                    retry_delay=delay, retry_at=failed_at + timedelta(seconds=delay), pending_since=current.pending_since or failed_at
+                )
             elif posting and settled >= current.next_seq - 1:
                 changes.update(retry_delay=0, retry_at=None, pending_since=None)
             if user_lost and not current.user_told_of_failure and self._tell_user is not None and self._tell_user(current):
@@ -262,7 +275,7 @@ class Outbox:
                 self._schedule_retry(replace(committed, retry_at=now), now)
             return DrainResult(committed, delivered, failed, pending)
 
-    def resume(self, handoff: Handoff, *, deadline: Deadline, now: datetime) -> DrainResult:
+    def resume(self, handoff: Handoff, *, deadline: Deadline, now: datetime, limit: int | None = None) -> DrainResult:
         """Deliver what a handoff still owes the hub, if its retry is due and nobody else is sending: take the
         lease (one conditional write), then drain. Otherwise leave it: the holder, or the sweeper, goes on."""
         if self._hub is None or not handoff.unsettled or not lease_free(handoff, now) or not retry_due(handoff, now):
@@ -274,7 +287,7 @@ class Outbox:
             committed = self._store.commit(handoff, staged.updated)
         except Stale:
             return DrainResult(self._store.find(handoff.handoff_id))
-        result = self.drain(committed, staged.sender_id, deadline=deadline, now=now)
+        result = self.drain(committed, staged.sender_id, deadline=deadline, now=now, limit=limit)
         return result if result.handoff is not None else replace(result, handoff=committed)
 
     def _schedule_retry(self, handoff: Handoff, now: datetime) -> None:

@@ -192,7 +192,17 @@ class Redemption:
         raise ServiceUnavailable("The conversation is changing right now; retry shortly.", code="busy", retry_after=1)
 
     def _connect(self, handoff: Handoff, events: tuple[StoredEvent, ...], *, deadline: Deadline, now: datetime) -> None:
-        """Post handoff.connected (when this request holds the delivery lease) and record `connected`, one write."""
+        """Post handoff.connected (when this request holds the delivery lease) and record `connected`, one write.
+
+        The user has the continuation by now: a storage failure here is logged, not answered with a 503 (a retry
+        would send the continuation again). The record then stays `connecting`, which hub calls and the relay
+        treat as connected after `STALE_CLAIM`; the undelivered event waits for the next sender or the sweeper."""
+        try:
+            self._record_connected(handoff, events, deadline=deadline, now=now)
+        except HandoffError as exc:
+            log.warning("handoffId=%s: the continuation went out but could not be recorded (%s)", handoff.handoff_id, exc.code)
+
+    def _record_connected(self, handoff: Handoff, events: tuple[StoredEvent, ...], *, deadline: Deadline, now: datetime) -> None:
         current = handoff
         for attempt in range(_ATTEMPTS):
             if attempt:
