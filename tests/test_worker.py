@@ -125,6 +125,15 @@ def test_wrong_method_and_unknown_route_are_404_as_in_the_host(worker: WorkerHos
     assert worker.http("POST", "/api/nothing/here", body=b"{}").status == 404
 
 
+def test_the_timer_functions_run_through_the_worker(worker: WorkerHost) -> None:
+    """handoff_sweeper (and any timer function): invoked as the host invokes a timer, it completes."""
+    timers = [spec.name for spec in worker.functions.values() if spec.trigger.type == "timerTrigger"]
+    assert timers == [name for name in ("handoff_sweeper",) if (PROJECT / name / "function.json").exists()]
+    for name in timers:
+        worker.timer(name)
+        worker.timer(name, past_due=True)
+
+
 # -- the 4 MiB channel ------------------------------------------------------------------------------------------
 
 
