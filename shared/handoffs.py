@@ -307,6 +307,24 @@ class HandoffStore:
         with storage_call("store an idempotency key"):
             self._table.upsert_entity(key_entity(handoff_id, key_row, record), mode=UpdateMode.REPLACE)
 
+    def finish_key(self, handoff_id: str, key_row: str, record: IdempotencyRecord) -> None:
+        """Store a hub call's answer in the idempotency row its batch created: one replace, only while the row
+        exists (If-Match *), so that a purge in between is not undone. `Stale` when the row is gone."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceRequestError
+        from azure.data.tables import UpdateMode
+
+        with storage_call("store an idempotency key"):
+            try:
+                self._table.update_entity(key_entity(handoff_id, key_row, record), mode=UpdateMode.REPLACE)
+            except ResourceNotFoundError as exc:
+                raise Stale(handoff_id) from exc
+            except ServiceRequestError:
+                raise
+            except AzureError as exc:
+                if _answer_lost(exc):
+                    raise OutcomeUnknown(handoff_id) from exc
+                raise
+
     def delete_key(self, handoff_id: str, key_row: str, etag: str | None) -> None:
         """Drop an idempotency row left in progress by an instance that died (If-Match: only the row we read)."""
         from azure.core import MatchConditions
@@ -367,6 +385,8 @@ class HandoffStore:
 
         patch = _changed(current, updated)
         patch.update({"PartitionKey": current.handoff_id, "RowKey": RECORD})
+        if not create and not upsert and not delete:
+            return self._merge_record(current, updated, patch)
         operations: list[tuple[Any, ...]] = [
             ("update", patch, {"mode": UpdateMode.MERGE, "etag": current.etag, "match_condition": MatchConditions.IfNotModified})
         ]
@@ -397,10 +417,36 @@ class HandoffStore:
                 raise
         return replace(updated, etag=results[0].get("etag") if results else None)
 
+    def _merge_record(self, current: Handoff, updated: Handoff, patch: dict[str, Any]) -> Handoff:
+        """A change that adds no rows: one conditional merge of the record, with the same errors as `commit`.
+        (A one-operation batch is as atomic, but on Azurite it costs 2 to 4 times a plain merge.)"""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError, ServiceRequestError
+        from azure.data.tables import UpdateMode
+
+        with storage_call("change a handoff"):
+            try:
+                meta = self._table.update_entity(
+                    patch, mode=UpdateMode.MERGE, etag=current.etag, match_condition=MatchConditions.IfNotModified
+                )
+            except (ResourceModifiedError, ResourceNotFoundError) as exc:
+                raise Stale(current.handoff_id) from exc
+            except ServiceRequestError:
+                raise  # never sent: an outage like any other (storage_call maps it to 503)
+            except AzureError as exc:
+                if _answer_lost(exc):
+                    raise OutcomeUnknown(current.handoff_id) from exc
+                raise
+        return replace(updated, etag=meta.get("etag"))
+
     # ---- retention
 
     def purge(self, handoff: Handoff) -> int:
-        """Delete every row of the handoff, the record first (If-Match), so nothing can write to it again."""
+        """Delete every row of the handoff, the record first (If-Match), so nothing can write to it again.
+
+        Returns the rows deleted, the record included. `Stale` when the record changed since it was read, or is
+        gone already (another purge got there first and deletes the rest): nothing is deleted then.
+        """
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
@@ -409,22 +455,33 @@ class HandoffStore:
                 self._table.delete_entity(
                     handoff.handoff_id, RECORD, etag=handoff.etag, match_condition=MatchConditions.IfNotModified
                 )
-            except ResourceModifiedError as exc:
+            except (ResourceModifiedError, ResourceNotFoundError) as exc:
                 raise Stale(handoff.handoff_id) from exc
-            except ResourceNotFoundError:
-                pass
-            keys = [
-                row["RowKey"]
-                for row in self._table.query_entities(
-                    "PartitionKey eq @pk", parameters={"pk": handoff.handoff_id}, select=["RowKey"]
-                )
-            ]
-            for start in range(0, len(keys), MAX_BATCH_OPERATIONS):
-                chunk = keys[start : start + MAX_BATCH_OPERATIONS]
-                self._table.submit_transaction(
-                    [("delete", {"PartitionKey": handoff.handoff_id, "RowKey": key}) for key in chunk]
-                )
-        return len(keys) + 1
+        return 1 + self.purge_remains(handoff.handoff_id)
+
+    def purge_remains(self, handoff_id: str) -> int:
+        """Delete whatever rows the partition of a handoff whose record is gone still holds (a purge cut short,
+        or one running concurrently: rows it deleted first are looked up again). Returns the rows deleted."""
+        from azure.data.tables import TableTransactionError
+
+        deleted = 0
+        with storage_call("delete a handoff"):
+            for _ in range(5):
+                keys = [
+                    row["RowKey"]
+                    for row in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": handoff_id}, select=["RowKey"])
+                ]
+                if not keys:
+                    break
+                try:
+                    for start in range(0, len(keys), MAX_BATCH_OPERATIONS):
+                        chunk = keys[start : start + MAX_BATCH_OPERATIONS]
+                        self._table.submit_transaction([("delete", {"PartitionKey": handoff_id, "RowKey": key}) for key in chunk])
+                        deleted += len(chunk)
+                except TableTransactionError as exc:
+                    if exc.status_code != 404:
+                        raise
+        return deleted
 
 
 def _answer_lost(exc: Exception) -> bool:
