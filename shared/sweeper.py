@@ -184,9 +184,9 @@ class Sweeper:
             return self._expire(item, handoff, counts, now=now, deadline=deadline)
         return self._deliver(item, handoff, counts, now=now, deadline=deadline)
 
-    def _later(self, item: Due, at: datetime, kind: DueKind | None = None) -> Handled:
+    def _later(self, item: Due, at: datetime) -> Handled:
         """Check again at `at` (a new index row); the row in hand is done, unless it is that very row."""
-        later = Due(at, kind or item.kind, item.handoff_id)
+        later = Due(at, item.kind, item.handoff_id)
         self._schedule.add(later)
         return Handled.KEEP if later.row_key == item.row_key else Handled.DONE
 

@@ -25,15 +25,14 @@ from devtools.loopback import HANG, Answer, LoopbackServer
 from devtools.storagecount import StorageCounter
 from shared import services
 from shared import teams as say
-from shared.handoffs import Handoff, StoredEvent, handoff_id_for
+from shared.handoffs import Handoff, handoff_id_for
 from shared.links import link_key
 from shared.outbound import Deadline
 from shared.schedule import Due
 from shared.settings import current_settings
 from shared.sweeper import sweeper_for
 from shared.timeutil import to_iso, utcnow
-from shared.tokens import mint, row_key
-from shared.vocabulary import Delivery, DueKind, EndReason, EventType, State
+from shared.vocabulary import Delivery, DueKind, EndReason, State
 from tests.conftest import HUB_PATH, HUB_SECRET
 from tests.helpers import (
     INVOKE,
