@@ -247,9 +247,31 @@ def parse_bot_activity(body: bytes) -> BotRequest:
 
 # A number JSON can write but a float cannot hold: `allow_inf_nan=False` refuses the literals `Infinity` and
 # `NaN`, yet `1e400` (or 400 digits) still parses as inf, which would reach the hub as the invalid `Infinity`
-# and fail a reply's serialisation. Such a number needs an exponent of 3+ digits or 300+ digits in a row: the
-# bytes are scanned for that in C, and only a body that has one is walked to find a non-finite value.
-_HUGE_NUMBER = re.compile(rb"[0-9][eE]\+?[0-9]{3}|[0-9]{300}")
+# and fail a reply's serialisation. Such a number needs an exponent of 3+ digits or 300+ digits in a row. The
+# bytes are searched for those shapes in C (digits mapped to `0`, then substring searches), a hit counts only
+# where it stands as a JSON number (after `:`, `[`, `,` or at the start: not inside a GUID such as
+# "...7226e9662c01", which nearly every transcript has), and only a body with one is walked for a non-finite
+# value. (A regex scan cost 8 ms on a 265 kB transcript and the walk 5 ms; this costs 0.6 ms.)
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789E", b"000000000e")
+_HUGE_SHAPES = (b"0e000", b"0e+000", b"0" * 300)
+_IN_NUMBER = frozenset(b"0.+-")
+_JSON_SPACE = frozenset(b" \t\r\n")
+
+
+def _may_hold_huge_number(raw: bytes) -> bool:
+    shape = raw.translate(_DIGITS_AS_ZERO)
+    for pattern in _HUGE_SHAPES:
+        at = shape.find(pattern)
+        while at != -1:
+            start = at
+            while start > 0 and shape[start - 1] in _IN_NUMBER:
+                start -= 1
+            while start > 0 and shape[start - 1] in _JSON_SPACE:
+                start -= 1
+            if start == 0 or shape[start - 1] in b":[,":
+                return True
+            at = shape.find(pattern, at + len(pattern))
+    return False
 
 
 def _load_json(data: bytes | str) -> Any:
@@ -263,7 +285,7 @@ def _load_json(data: bytes | str) -> Any:
             raise InvalidActivity("The JSON is nested too deeply (more than 200 levels).") from exc
         raise InvalidActivity(f"The body is not valid UTF-8 JSON ({reason}).") from exc
     raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
-    if _HUGE_NUMBER.search(raw) and not _all_finite(document):
+    if _may_hold_huge_number(raw) and not _all_finite(document):
         raise InvalidActivity("The JSON holds a number too large to represent (such as 1e400); send numbers within the range of a double.")
     return document
 

@@ -118,8 +118,11 @@ class HubCalls:
         answer = Answer(200, {**_answer_body(committed, delivered=True), "activityIds": ids})
         done = replace(lock, done=True, status=200, answer=json.dumps(answer.body), locked_until=None)
         try:
-            self._handoffs.commit(committed, committed, upsert=[key_entity(committed.handoff_id, key_row, done)])
-        except (Stale, OutcomeUnknown, HandoffError):
+            # The key row alone (not a batch with the record): one plain write, and the record's ETag is left alone.
+            self._handoffs.finish_key(committed.handoff_id, key_row, done)
+        except Stale:
+            log.info("hub call answered, but its handoff was deleted meanwhile: handoffId=%s", committed.handoff_id)
+        except (OutcomeUnknown, HandoffError):
             # The user has it; only the stored answer is missing. Write the key row alone (best effort): without it
             # a repeat after 30 s would send again, which the contract allows only for unknown connector outcomes.
             try:
