@@ -164,23 +164,45 @@ def due_events(bench: Bench, n: int) -> str:
     )
 
 
-def idle(bench: Bench, size: int, repeats: int, *, indexed: int | None = None) -> tuple[str, float]:
-    bench.use(counted=True)
-    write_handoffs(size, owing=False, indexed=indexed)
-    one_run()  # warm: the process's table clients
-    bench.counter.reset()
-    one_run()
-    counts = bench.counter.counts()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        counts_run = one_run()
-        times.append(time.perf_counter() - started)
-        assert counts_run.items == 0
-    median = statistics.median(times)
-    total = counts["read"] + counts["query"] + counts["write"] + counts["table"]
-    rows = size if indexed is None else indexed
-    return f"| {size} | {rows} | {median * 1000:.2f} ms | {min(times) * 1000:.2f} ms | {total} ({counts['query']} query, scans: {counts['scan']}) |", median
+def idle(bench: Bench, sizes: tuple[int, ...], rounds: int, *, indexed: int | None = None) -> list[str]:
+    """Idle runs over tables of each size, interleaved (one run on each table in turn, the order alternating), so
+    that the machine's drift hits every size alike; one run of each counted at the proxy."""
+    prefixes = []
+    for size in sizes:
+        prefixes.append(bench.use(counted=True))
+        write_handoffs(size, owing=False, indexed=indexed)
+
+    def on(prefix: str) -> None:
+        os.environ["HANDOFF_TABLE_PREFIX"] = prefix
+
+    for prefix in prefixes:  # warm again: setting up the next table began a fresh set of clients
+        on(prefix)
+        one_run()
+    counts = []
+    for prefix in prefixes:
+        on(prefix)
+        bench.counter.reset()
+        assert one_run().items == 0
+        counts.append(bench.counter.counts())
+    times: list[list[float]] = [[] for _ in sizes]
+    for round_ in range(rounds):
+        order = list(range(len(sizes))) if round_ % 2 == 0 else list(reversed(range(len(sizes))))
+        for index in order:
+            on(prefixes[index])
+            started = time.perf_counter()
+            one_run()
+            times[index].append(time.perf_counter() - started)
+    lines = []
+    for size, samples, count in zip(sizes, times, counts):
+        total = count["read"] + count["query"] + count["write"] + count["table"]
+        rows = size if indexed is None else indexed
+        lines.append(
+            f"| {size} | {rows} | {statistics.median(samples) * 1000:.2f} ms | {min(samples) * 1000:.2f} ms "
+            f"| {total} ({count['query']} query, scans: {count['scan']}) |"
+        )
+    ratio = statistics.median(times[-1]) / statistics.median(times[0])
+    lines.append(f"| | | {ratio:.2f}x | | (S={sizes[-1]} / S={sizes[0]}, medians of {rounds} interleaved runs) |")
+    return lines
 
 
 def main() -> None:
@@ -208,12 +230,8 @@ def main() -> None:
             print("| S | R | median run | fastest run | storage requests of a run |")
             print("|---|---|---|---|---|")
             for indexed in (None, tables[0]):
-                medians = []
-                for size in tables:
-                    line, median = idle(bench, size, repeats=50, indexed=indexed)
-                    medians.append(median)
+                for line in idle(bench, tables, rounds=100, indexed=indexed):
                     print(line, flush=True)
-                print(f"| | | {medians[-1] / medians[0]:.2f}x | | (S={tables[-1]} / S={tables[0]}) |", flush=True)
     finally:
         bench.stop()
 
