@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from shared.storage import NO_CONTENT, storage_call
+from shared.storage import storage_call
 from shared.vocabulary import DueKind
 
 if TYPE_CHECKING:

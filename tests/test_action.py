@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import threading
 import time
 from urllib.parse import quote
@@ -16,10 +12,10 @@ from shared import services
 from shared.botauth import OpenIdKeys
 from shared.settings import current_settings
 from shared.teams import ALREADY_CONNECTED, CANNOT_CONTINUE, NO_OPEN_CONVERSATION, WAITING
-from devtools.botframework import APP_ID, CONNECTOR_PATH, BotFramework, unsigned_jwt
+from devtools.botframework import APP_ID, CONNECTOR_PATH, BotFramework
 from tests.conftest import HUB_PATH, HUB_SECRET
 from tests.helpers import INVOKE, action, body_json, error_of, fixture, fixture_bytes, handoff_event, hub_call, initiate, invoke
-from tests.helpers import ACTIVITY_SET, stored_rows, user_message, verified_hub_events
+from tests.helpers import ACTIVITY_SET, FORGED, as_user, in_chat, redeem, stored_rows, user_message, verified_hub_events
 from devtools.loopback import Answer, LoopbackServer
 
 USER = "57162b23-ae6f-4e95-9774-27f7cb019864"
@@ -53,22 +49,6 @@ def assert_continued(botframework: BotFramework, handoff_id: str | None = None) 
 def assert_cannot_continue(botframework: BotFramework) -> None:
     assert texts(botframework) == [CANNOT_CONTINUE]
     assert "start a new conversation" in CANNOT_CONTINUE
-
-
-def redeem(botframework: BotFramework, token: str, **changes) -> object:
-    activity = invoke(token, service_url=botframework.service_url, **changes)
-    return action(activity, jwt=botframework.jwt())
-
-
-def in_chat(conversation_id: str, **changes) -> dict:
-    """Invoke fields for another Teams chat (`conversation`), e.g. the 1:1 chat of another user."""
-    return {"conversation": {**fixture(INVOKE)["conversation"], "id": conversation_id, **changes}}
-
-
-def as_user(number: int) -> dict:
-    """Invoke fields of another user in that user's own 1:1 chat with the bot."""
-    user = {"id": f"29:user-{number}", "aadObjectId": f"00000000-0000-0000-0000-{number:012d}", "name": f"User {number}"}
-    return {"from": user, **in_chat(f"a:chat-of-user-{number}")}
 
 
 def everything_stored(tables) -> list[tuple[str, str, str]]:
@@ -397,38 +377,6 @@ class TestConnectorFaults:
         response = redeem(botframework, token)
         assert response.status_code == 502 and error_of(response)["code"] == "credentials_refused"
         assert botframework.sent_activities() == []
-
-
-def hs256_with_public_key(botframework: BotFramework) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    public_pem = botframework.keys["main"].private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    def part(obj: dict) -> bytes:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=")
-    now = int(time.time())
-    signing_input = part({"alg": "HS256", "typ": "JWT", "kid": "key-main"}) + b"." + part(
-        {"iss": "https://api.botframework.com", "aud": APP_ID, "exp": now + 600, "serviceurl": botframework.service_url}
-    )
-    signature = base64.urlsafe_b64encode(hmac.new(public_pem, signing_input, hashlib.sha256).digest()).rstrip(b"=")
-    return (signing_input + b"." + signature).decode()
-
-
-FORGED = {
-    "wrong audience": lambda bf: bf.jwt(claims={"aud": "some-other-bot"}),
-    "wrong issuer": lambda bf: bf.jwt(claims={"iss": "https://sts.windows.net/evil/"}),
-    "expired beyond leeway": lambda bf: bf.jwt(issued_offset=-4000, lifetime=3600 - 310),
-    "not yet valid beyond leeway": lambda bf: bf.jwt(issued_offset=400),
-    "no exp": lambda bf: bf.jwt(omit=("exp",)),
-    "unknown key": lambda bf: bf.jwt(key="unpublished"),
-    "alg none": lambda bf: unsigned_jwt({"iss": "https://api.botframework.com", "aud": APP_ID, "exp": int(time.time()) + 600, "serviceurl": bf.service_url}, {"alg": "none", "kid": "key-main"}),
-    "HS256 with the public key": hs256_with_public_key,
-    "missing serviceurl": lambda bf: bf.jwt(omit=("serviceurl",)),
-    "mismatched serviceurl": lambda bf: bf.jwt(service_url="https://smba.trafficmanager.net/emea/"),
-    "key does not endorse msteams": lambda bf: bf.jwt(key="other-channel"),
-    "signature of another key": lambda bf: bf.jwt()[:-20] + bf.jwt(key="plain")[-20:],
-}
 
 
 class TestAuthentication:

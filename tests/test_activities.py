@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from devtools.payloads import transcript_activities
 from shared.activities import parse_bot_activity, parse_handoff_initiate
 from shared.errors import InvalidActivity
+from tests.fuzz import json_values, mutate
 from tests.helpers import ACTIVITY_SET, INVOKE, fixture, fixture_bytes, handoff_event
 
 
@@ -220,50 +221,6 @@ class TestRefusals:
 
 # ------------------------------------------------------------------------------------------------
 # Properties: whatever the bytes, the parser answers with a result or its own validation error.
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=25,
-)
-
-
-def mutate(document: object, data: st.DataObject) -> object:
-    """Delete, null, retype or replace one field somewhere in the document."""
-    paths: list[tuple[object, object]] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for key, child in node.items():
-                paths.append((node, key))
-                walk(child)
-        elif isinstance(node, list):
-            for index, child in enumerate(node):
-                paths.append((node, index))
-                walk(child)
-
-    walk(document)
-    for _ in range(data.draw(st.integers(1, 3))):
-        container, key = data.draw(st.sampled_from(paths))
-        action = data.draw(st.sampled_from(["delete", "null", "value", "string", "deep"]))
-        try:
-            if action == "delete":
-                del container[key]  # type: ignore[index]
-            elif action == "null":
-                container[key] = None  # type: ignore[index]
-            elif action == "value":
-                container[key] = data.draw(json_values)  # type: ignore[index]
-            elif action == "string":
-                container[key] = json.dumps(container[key])  # type: ignore[index]
-            else:
-                deep: object = "x"
-                for _ in range(data.draw(st.integers(150, 260))):
-                    deep = [deep]
-                container[key] = deep  # type: ignore[index]
-        except (KeyError, IndexError):
-            pass
-    return document
-
 
 def parses_or_refuses(parse, body: bytes) -> None:
     try:

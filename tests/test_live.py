@@ -12,7 +12,7 @@ import time
 import pytest
 
 from devtools.botframework import CONNECTOR_PATH, BotFramework
-from devtools.loopback import DROP, HANG, Answer, LoopbackServer
+from devtools.loopback import Answer, LoopbackServer
 from devtools.storagecount import StorageCounter
 from shared import teams as say
 from tests.conftest import HUB_PATH, HUB_SECRET

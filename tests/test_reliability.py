@@ -30,11 +30,10 @@ from shared.teams import CANNOT_CONTINUE
 from shared.tokens import mint
 from shared.vocabulary import DueKind, EventType
 from tests.conftest import FORBIDDEN_IN_LOGS, HUB_PATH, HUB_SECRET, RELIABILITY_FIGURES
-from tests.helpers import ACTIVITY_SET, INVOKE, action, body_json, fixture, handoff_event, initiate, invoke, stored_rows
+from tests.helpers import FORGED, as_user, redeem, ACTIVITY_SET, INVOKE, action, body_json, fixture, handoff_event, initiate, invoke, stored_rows
 from tests.helpers import verified_hub_events
-from tests.test_action import FORGED, as_user, redeem
 from devtools.payloads import transcript_activities
-from tests.test_activities import mutate
+from tests.fuzz import mutate
 
 
 def event(index: int, *, activities: int = 3) -> dict:
