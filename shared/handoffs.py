@@ -261,44 +261,29 @@ class HandoffStore:
     # ---- point reads
 
     def find(self, handoff_id: str) -> Handoff | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        with storage_call("read a handoff"):
-            try:
-                row = self._table.get_entity(handoff_id, RECORD)
-            except ResourceNotFoundError:
-                return None
-        return _record_from(row)
+        row = self._point_read(handoff_id, RECORD, "read a handoff")
+        return _record_from(row) if row is not None else None
 
     def has_token(self, handoff_id: str, token_key: str) -> bool:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        with storage_call("look up a continuation token"):
-            try:
-                self._table.get_entity(handoff_id, token_key, select=["PartitionKey"])
-            except ResourceNotFoundError:
-                return False
-        return True
+        return self._point_read(handoff_id, token_key, "look up a continuation token", select=["PartitionKey"]) is not None
 
     def find_claim_id(self, handoff_id: str) -> str | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        with storage_call("read a redemption"):
-            try:
-                row = self._table.get_entity(handoff_id, CLAIM)
-            except ResourceNotFoundError:
-                return None
-        return row.get("claimId")
+        row = self._point_read(handoff_id, CLAIM, "read a redemption")
+        return row.get("claimId") if row is not None else None
 
     def find_key(self, handoff_id: str, key_row: str) -> IdempotencyRecord | None:
+        row = self._point_read(handoff_id, key_row, "read an idempotency key")
+        return _key_from(row) if row is not None else None
+
+    def _point_read(self, partition: str, row_key: str, what: str, *, select: list[str] | None = None) -> Any:
+        """One entity, or None on the normal miss; an outage is a 503 (`storage_call`)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        with storage_call("read an idempotency key"):
+        with storage_call(what):
             try:
-                row = self._table.get_entity(handoff_id, key_row)
+                return self._table.get_entity(partition, row_key, select=select) if select else self._table.get_entity(partition, row_key)
             except ResourceNotFoundError:
                 return None
-        return _key_from(row)
 
     def put_key(self, handoff_id: str, key_row: str, record: IdempotencyRecord) -> None:
         """Store a hub call's answer on its own (when the batch that should have carried it failed)."""

@@ -265,3 +265,24 @@ FORGED = {
     "key does not endorse msteams": lambda bf: bf.jwt(key="other-channel"),
     "signature of another key": lambda bf: bf.jwt()[:-20] + bf.jwt(key="plain")[-20:],
 }
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the project's scripts as a user would, in a sandbox
+
+
+SANDBOX_NOT_LINKED = {"scripts", ".demo", "local.settings.json", ".azurite", ".git", ".pytest_cache", ".hypothesis"}
+
+
+def script_sandbox(root: Path) -> Path:
+    """A copy of scripts/ beside links to the rest of the project: what the scripts write (.demo/, .azurite/,
+    local.settings.json) is the sandbox's own, so a developer's files and running stack are never touched."""
+    project = FIXTURES.parent.parent
+    (root / "scripts").mkdir(parents=True)
+    for entry in project.iterdir():
+        if entry.name not in SANDBOX_NOT_LINKED:
+            (root / entry.name).symlink_to(entry)
+    for script in (project / "scripts").iterdir():
+        if script.suffix in (".sh", ".py"):
+            (root / "scripts" / script.name).write_bytes(script.read_bytes())
+    return root

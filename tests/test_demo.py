@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from devtools.loopback import PROJECT, free_port
+from tests.helpers import script_sandbox
 
 STEPS = 12
 
@@ -83,22 +84,6 @@ def test_demo_walks_through_every_step() -> None:
 
 # -- the README's "Try it by hand", run as written against --serve ----------------------------------------------
 
-NOT_LINKED = {"scripts", ".demo", "local.settings.json", ".azurite", ".git", ".pytest_cache", ".hypothesis"}
-
-
-def _sandbox(root: Path) -> Path:
-    """A copy of scripts/ beside links to the rest of the project: the demo's .demo/ is the sandbox's own, so a
-    developer's running `--serve` is never touched."""
-    (root / "scripts").mkdir(parents=True)
-    for entry in PROJECT.iterdir():
-        if entry.name not in NOT_LINKED:
-            (root / entry.name).symlink_to(entry)
-    for script in (PROJECT / "scripts").iterdir():
-        if script.suffix in (".sh", ".py"):
-            (root / "scripts" / script.name).write_bytes(script.read_bytes())
-    return root
-
-
 def test_the_readme_commands_work_against_serve(tmp_path: Path) -> None:
     readme = (PROJECT / "README.md").read_text(encoding="utf-8")
     section = readme.split("### Try it by hand", 1)[1].split("**Against `scripts/run.sh`**", 1)[0]
@@ -107,7 +92,7 @@ def test_the_readme_commands_work_against_serve(tmp_path: Path) -> None:
     assert commands.count("127.0.0.1:7071") == 4  # initiate, invoke, hub calls, Teams messages
     commands = commands.replace("127.0.0.1:7071", f"127.0.0.1:{port}").replace("/tmp/", f"{tmp_path}/")
 
-    sandbox = _sandbox(tmp_path / "app")
+    sandbox = script_sandbox(tmp_path / "app")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HANDOFF_", "BOT_", "MicrosoftApp"))}
     log = (tmp_path / "serve.log").open("w+")
     serve = subprocess.Popen(

@@ -22,10 +22,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import script_sandbox
+
 from devtools.loopback import AZURITE_KEY, PROJECT, LoopbackServer, free_port
 
 FIXTURE_INITIATE = PROJECT / "tests" / "fixtures" / "copilot-studio-handoff-initiate.activityset.json"
-NOT_LINKED = {"scripts", "local.settings.json", ".demo", ".azurite", ".git", ".pytest_cache", ".hypothesis"}
 
 
 def connection_string(port: int) -> str:
@@ -60,15 +61,7 @@ def processes_of(sandbox: Path) -> list[str]:
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Path:
-    root = tmp_path / "app"
-    (root / "scripts").mkdir(parents=True)
-    for entry in PROJECT.iterdir():
-        if entry.name not in NOT_LINKED:
-            (root / entry.name).symlink_to(entry)
-    for script in (PROJECT / "scripts").iterdir():
-        if script.suffix in (".sh", ".py"):
-            (root / "scripts" / script.name).write_bytes(script.read_bytes())
-    return root
+    return script_sandbox(tmp_path / "app")
 
 
 @pytest.fixture
