@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -61,6 +62,14 @@ def handoff_id_for(conversation_id: str, activity_id: str) -> str:
     encoded = b"".join(f"{len(part)}:{part}".encode("utf-8") for part in (conversation_id, activity_id))
     digest = hashlib.sha256(encoded).digest()
     return base64.b32encode(digest[:20]).decode("ascii").lower()
+
+
+_HANDOFF_ID = re.compile(r"[a-z2-7]{32}")
+
+
+def is_handoff_id(value: str) -> bool:
+    """The shape `handoff_id_for` makes: anything else names no handoff (and is never used as a key)."""
+    return isinstance(value, str) and _HANDOFF_ID.fullmatch(value) is not None
 
 
 def event_row_key(seq: int) -> str:
@@ -134,6 +143,9 @@ class Handoff:
     retry_delay: int = 0
     pending_since: datetime | None = None  # first failed attempt of the oldest undelivered event
     user_told_of_failure: bool = False
+    # Hub calls are passed to the user one at a time per handoff: the call holding this lease is sending.
+    agent_call_id: str | None = None
+    agent_call_until: datetime | None = None
     etag: str | None = None
 
     @property
@@ -274,6 +286,20 @@ class HandoffStore:
     def find_key(self, handoff_id: str, key_row: str) -> IdempotencyRecord | None:
         row = self._point_read(handoff_id, key_row, "read an idempotency key")
         return _key_from(row) if row is not None else None
+
+    def find_with_key(self, handoff_id: str, key_row: str) -> tuple[Handoff | None, IdempotencyRecord | None]:
+        """The record and a hub call's idempotency row in ONE request: a query pinned to the handoff's partition
+        naming the two RowKeys (for `typing`, which is never recorded but must still refuse a reused key)."""
+        with storage_call("read a handoff"):
+            rows = list(
+                self._table.query_entities(
+                    "PartitionKey eq @pk and ( RowKey eq @record or RowKey eq @key )",
+                    parameters={"pk": handoff_id, "record": RECORD, "key": key_row},
+                )
+            )
+        record = next((_record_from(row) for row in rows if row["RowKey"] == RECORD), None)
+        key = next((_key_from(row) for row in rows if row["RowKey"] == key_row), None)
+        return record, key
 
     def _point_read(self, partition: str, row_key: str, what: str, *, select: list[str] | None = None) -> Any:
         """One entity, or None on the normal miss; an outage is a 503 (`storage_call`)."""
@@ -604,6 +630,8 @@ _COLUMNS: dict[str, tuple[str, Any, Any]] = {
     "retry_delay": ("retryDelay", int, int),
     "pending_since": ("pendingSince", _dt_out, _dt_in),
     "user_told_of_failure": ("userToldOfFailure", bool, bool),
+    "agent_call_id": ("agentCallId", _opt, _opt_in),
+    "agent_call_until": ("agentCallUntil", _dt_out, _dt_in),
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -24,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from shared import teams as say
 from shared.errors import HandoffError, ServiceUnavailable, UpstreamRefused
-from shared.handoffs import CONFLICT_ATTEMPTS, contention_pause, KEY_PREFIX, Handoff, IdempotencyRecord, OutcomeUnknown, RowExists, Stale, hashed_key, key_entity
+from shared.handoffs import CONFLICT_ATTEMPTS, is_handoff_id, contention_pause, KEY_PREFIX, Handoff, IdempotencyRecord, OutcomeUnknown, RowExists, Stale, hashed_key, key_entity
 from shared.redeem import STALE_CLAIM
+from shared.timeutil import utcnow
 from shared.vocabulary import EndReason, HubEventType, State
 
 if TYPE_CHECKING:
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEY_LOCK = timedelta(seconds=30)
+CALL_LEASE = timedelta(seconds=12)  # longer than a call's 9-second budget: lapses only if its instance died
+CALL_WAIT_SECONDS = 5.0
 CONNECTING_WAIT_SECONDS = 5.0
 _ATTEMPTS = CONFLICT_ATTEMPTS
 
@@ -63,11 +67,16 @@ class HubCalls:
     def handle(self, handoff_id: str, webhook_id: str, body: bytes, event: HubEvent, *, deadline: Deadline, now: datetime) -> Answer:
         body_sha = hashlib.sha256(body).hexdigest()
         key_row = hashed_key(KEY_PREFIX, webhook_id)
-        handoff = self._handoffs.find(handoff_id)
-        if handoff is None:
-            raise HubCallError(404, "handoff_not_found", "No such handoff: it was never recorded, or it was deleted after its retention period.")
+        if not is_handoff_id(handoff_id):  # never a table key from raw input
+            _gone()
         if event.type is HubEventType.TYPING:
+            handoff, key = self._handoffs.find_with_key(handoff_id, key_row)
+            if handoff is None:
+                _gone()
+            if key is not None and key.body_sha256 != body_sha:
+                raise _reused()
             return self._typing(handoff, deadline=deadline, now=now)
+        handoff = self._handoffs.find(handoff_id) or _gone()
 
         for attempt in range(_ATTEMPTS):
             if attempt:
@@ -81,7 +90,13 @@ class HubCalls:
                     return repeat
                 raise refusal
             activities = self._activities(handoff, event) if handoff.connected else []
+            if handoff.connected and _call_in_flight(handoff, utcnow()):
+                handoff = self._wait_for_the_call_before(handoff, deadline=deadline)
+                continue  # look again at what the earlier call left (it may have ended the handoff)
+            call_id = secrets.token_hex(8)
             changed = _apply(handoff, event, now)
+            if handoff.connected:
+                changed = replace(changed, agent_call_id=call_id, agent_call_until=now + CALL_LEASE)
             lock = IdempotencyRecord(body_sha256=body_sha, done=not handoff.connected, locked_until=now + KEY_LOCK)
             if not handoff.connected:
                 answer = Answer(202, _answer_body(changed, delivered=False))
@@ -118,10 +133,8 @@ class HubCalls:
         answer = Answer(200, {**_answer_body(committed, delivered=True), "activityIds": ids})
         done = replace(lock, done=True, status=200, answer=json.dumps(answer.body), locked_until=None)
         try:
-            # The key row alone (not a batch with the record): one plain write, and the record's ETag is left alone.
-            self._handoffs.finish_key(committed.handoff_id, key_row, done)
-        except Stale:
-            log.info("hub call answered, but its handoff was deleted meanwhile: handoffId=%s", committed.handoff_id)
+            # One batch: the stored answer, and the call lease given back so that the handoff's next call may send.
+            self._finish(committed, key_row, done)
         except (OutcomeUnknown, HandoffError):
             # The user has it; only the stored answer is missing. Write the key row alone (best effort): without it
             # a repeat after 30 s would send again, which the contract allows only for unknown connector outcomes.
@@ -132,22 +145,59 @@ class HubCalls:
         log.info("hub %s passed to the user: handoffId=%s", event.type.value, committed.handoff_id)
         return answer
 
-    def _undo(self, before: Handoff, committed: Handoff, key_row: str, *, keep_end: bool) -> None:
-        """Nothing recorded after a connector failure: the record's change and the key row go (conditionally)."""
+    def _finish(self, committed: Handoff, key_row: str, done: IdempotencyRecord) -> None:
         current = committed
         for attempt in range(_ATTEMPTS):
             if attempt:
                 contention_pause(attempt)
-            target = before if not keep_end else replace(before, state=committed.state, end_reason=committed.end_reason, last_activity_at=committed.last_activity_at)
-            restored = replace(
-                current,
-                state=target.state,
-                end_reason=target.end_reason,
-                queue_position=target.queue_position,
-                wait_seconds=target.wait_seconds,
-                agent_name=target.agent_name,
-                last_activity_at=target.last_activity_at,
+            if current.agent_call_id != committed.agent_call_id:  # our lease lapsed and was taken: the key alone
+                self._handoffs.finish_key(committed.handoff_id, key_row, done)
+                return
+            released = replace(current, agent_call_id=None, agent_call_until=None)
+            try:
+                self._handoffs.commit(current, released, upsert=[key_entity(committed.handoff_id, key_row, done)])
+                return
+            except (Stale, OutcomeUnknown):
+                fresh = self._handoffs.find(committed.handoff_id)
+                if fresh is None:
+                    log.info("hub call answered, but its handoff was deleted meanwhile: handoffId=%s", committed.handoff_id)
+                    return
+                current = fresh
+        self._handoffs.finish_key(committed.handoff_id, key_row, done)
+
+    def _wait_for_the_call_before(self, handoff: Handoff, *, deadline: Deadline) -> Handoff:
+        """Calls of one handoff reach the user one at a time, in the order they commit: wait (bounded) while an
+        earlier call is still sending, so that a `message` retried by the connector never lands after a later
+        `completed`."""
+        waited = 0.0
+        while _call_in_flight(handoff, utcnow()) and waited < max(0.0, min(CALL_WAIT_SECONDS, deadline.remaining() - 3)):
+            time.sleep(0.05)
+            waited += 0.05
+            handoff = self._handoffs.find(handoff.handoff_id) or _gone()
+        if _call_in_flight(handoff, utcnow()):
+            raise ServiceUnavailable(
+                "An earlier call of this handoff is still being passed to the user; nothing was recorded, retry shortly.",
+                code="busy",
+                retry_after=1,
             )
+        return handoff
+
+    def _undo(self, before: Handoff, committed: Handoff, key_row: str, *, keep_end: bool) -> None:
+        """Nothing recorded after a connector failure: this call's own changes and its key row go, conditionally.
+
+        Only a field that still holds this call's value is put back, so a change made since by someone else (the
+        user pressing End chat, say) is never undone; `completed`/`failed` refused for good keep their end."""
+        current = committed
+        for attempt in range(_ATTEMPTS):
+            if attempt:
+                contention_pause(attempt)
+            restored = replace(current, agent_call_id=None, agent_call_until=None) if current.agent_call_id == committed.agent_call_id else current
+            ours_end = (current.state, current.end_reason) == (committed.state, committed.end_reason)
+            if ours_end and not keep_end and (before.state, before.end_reason) != (committed.state, committed.end_reason):
+                restored = replace(restored, state=before.state, end_reason=before.end_reason)
+            for name in ("queue_position", "wait_seconds", "agent_name", "last_activity_at"):
+                if getattr(current, name) == getattr(committed, name) and getattr(before, name) != getattr(committed, name):
+                    restored = replace(restored, **{name: getattr(before, name)})
             try:
                 self._handoffs.commit(current, restored, delete=[(key_row, None)])
                 return
@@ -202,7 +252,7 @@ class HubCalls:
         if record is None:
             return None
         if record.body_sha256 != body_sha:
-            raise HubCallError(409, "idempotency_key_reused", "This webhook-id was used before with a different body; use a new webhook-id for a new call.")
+            raise _reused()
         if record.done and record.status is not None and record.answer is not None:
             return Answer(record.status, json.loads(record.answer))
         if record.locked_until is not None and record.locked_until > now:
@@ -224,6 +274,10 @@ class HubCalls:
         if handoff.connecting:  # the redemption died or could not record `connected`: its messages went out
             handoff = replace(handoff, connected=True)
         return handoff
+
+
+def _call_in_flight(handoff: Handoff, now: datetime) -> bool:
+    return handoff.agent_call_id is not None and handoff.agent_call_until is not None and handoff.agent_call_until > now
 
 
 def _still_connecting(handoff: Handoff, now: datetime) -> bool:
@@ -262,6 +316,10 @@ def _ended() -> HubCallError:
 
 def _not_connected() -> HubCallError:
     return HubCallError(409, "not_connected", "The user has not opened the link in Teams yet; send messages once the handoff.connected event arrived.")
+
+
+def _reused() -> HubCallError:
+    return HubCallError(409, "idempotency_key_reused", "This webhook-id was used before with a different body; use a new webhook-id for a new call.")
 
 
 def _gone() -> Handoff:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.handoffs import Handoff, HandoffStore, Stale, StoredEvent, event_entity
+from shared.errors import ServiceUnavailable
+from shared.handoffs import Handoff, HandoffStore, OutcomeUnknown, Stale, StoredEvent, event_entity
 from shared.hub import event_body, webhook_id
 from shared.logsafe import clean
 from shared.schedule import Due, Schedule
@@ -119,7 +120,7 @@ def retry_due(handoff: Handoff, now: datetime) -> bool:
 
 
 RenderRequested = Callable[[Handoff, StoredEvent], bytes]
-TellUser = Callable[[Handoff], bool]
+TellUser = Callable[[Handoff, "Deadline"], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,11 +252,18 @@ class Outbox:
                 )
             elif posting and settled >= current.next_seq - 1:
                 changes.update(retry_delay=0, retry_at=None, pending_since=None)
-            if user_lost and not current.user_told_of_failure and self._tell_user is not None and self._tell_user(current):
+            if user_lost and not current.user_told_of_failure and self._tell_user is not None and self._tell_user(current, deadline):
                 carried["user_told_of_failure"] = changes["user_told_of_failure"] = True
             final = replace(current, settled_seq=settled, sender_id=None, sender_until=None, **changes)
             try:
                 committed = self._store.commit(stored, final, upsert=[event_entity(row) for row in failed_rows.values()])
+            except (ServiceUnavailable, OutcomeUnknown):
+                # What was posted is posted; only the record of it is missing. The caller's own work stands (its
+                # event is stored): no error for it. The sweeper goes on once our lease has lapsed (best effort:
+                # storage may be down for that write too, and then the handoff's next change does).
+                log.warning("hub deliveries of handoffId=%s could not be recorded; retried after the lease", current.handoff_id)
+                self._schedule_retry(replace(current, retry_at=stored.sender_until or now + LEASE), now)
+                return DrainResult(None, delivered, failed, pending)
             except Stale:
                 # The record changed while we posted (most often another event was staged behind ours): read it
                 # again, keep our progress, and go round: post what was added, unless the hub is down or time is up.

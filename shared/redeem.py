@@ -11,8 +11,8 @@ Happy path (DESIGN "Storage budgets": 2 point reads, 3 writes, the connector POS
    outcome in one write.
 If sending fails, the claim is released (record, claim row, event and link put back, conditionally), so the
 user's retry works. If the claim's outcome is unknown (its answer was lost), the record is read back: our
-random claim id there means the claim landed. A claim left `connecting` by an instance that died is taken
-over by the same user in the same chat after `STALE_CLAIM`.
+random claim id there means the claim landed. A claim left `connecting` (sent but not recorded, or an
+instance that died) counts as connected for the same user in the same chat after `STALE_CLAIM`, and is repaired.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from shared import teams as say
 from shared.errors import HandoffError, ServiceUnavailable
-from shared.handoffs import CONFLICT_ATTEMPTS, contention_pause, CLAIM, Handoff, StoredEvent, OutcomeUnknown, RowExists, Stale, claim_entity, event_row_key
+from shared.handoffs import CONFLICT_ATTEMPTS, CLAIM, Handoff, OutcomeUnknown, RowExists, Stale, StoredEvent, claim_entity, contention_pause, event_entity, event_row_key
 from shared.logsafe import clean
 from shared.outbox import Draft, stage
 from shared.teams import conversation_of, end_chat_card
@@ -101,6 +101,8 @@ class Redemption:
 
         if outcome is Outcome.ALREADY_CONNECTED:
             self._chat.send(teams, [say.text(teams, say.ALREADY_CONNECTED, reply_to=activity.id)], deadline)
+            if handoff is not None and handoff.connecting:
+                self._repair(handoff, deadline=deadline, now=now)
         elif outcome is not Outcome.REDEEMED:
             self._chat.send(teams, [say.text(teams, say.CANNOT_CONTINUE, reply_to=activity.id)], deadline)
         log.info(
@@ -126,14 +128,9 @@ class Redemption:
         staged = stage(
             handoff, updated, [Draft(EventType.CONNECTED, connected_fields)], now=now, hub_configured=self._outbox.hub_configured
         )
-        redemption = claim_entity(handoff.handoff_id, claim_id, now)
-        taking_over = handoff.claim_id is not None  # a claim left by an instance that died: the record's If-Match decides
         try:
             committed = self._handoffs.commit(
-                handoff,
-                staged.updated,
-                create=staged.rows if taking_over else [redemption, *staged.rows],
-                upsert=[redemption] if taking_over else (),
+                handoff, staged.updated, create=[claim_entity(handoff.handoff_id, claim_id, now), *staged.rows]
             )
         except (Stale, RowExists, OutcomeUnknown) as exc:
             # Lost to a concurrent change, or the answer was lost: the record says who holds the claim now.
@@ -162,7 +159,7 @@ class Redemption:
             link, previous, created_link = self._link(teams.conversation_id, handoff.handoff_id)
             self._chat.send(teams, _continuation_messages(handoff, teams, reply_to=activity.id), deadline)
         except Exception:  # whatever failed, the user's retry must work: put everything back
-            self._release(handoff, claim_id, link, previous, created_link)
+            self._release(handoff, claim_id, events, link, previous, created_link)
             log.warning(
                 "handoff continuation failed, redemption released: handoffId=%s conversationId=%s",
                 handoff.handoff_id, clean(teams.conversation_id),
@@ -226,6 +223,14 @@ class Redemption:
                 current = fresh
         log.warning("could not record handoffId=%s as connected; it counts as connected after %s", handoff.handoff_id, STALE_CLAIM)
 
+    def _repair(self, handoff: Handoff, *, deadline: Deadline, now: datetime) -> None:
+        """Record `connected` for a redemption whose instance could not, and deliver what it owed the hub."""
+        try:
+            repaired = self._handoffs.commit(handoff, replace(handoff, connected=True))
+            self._outbox.resume(repaired, deadline=deadline, now=now)
+        except (Stale, OutcomeUnknown, HandoffError):
+            log.info("handoffId=%s: repairing a half-recorded redemption is left to the next request", handoff.handoff_id)
+
     def _supersede(self, handoff_id: str, *, deadline: Deadline, now: datetime) -> None:
         """The chat's previous handoff ends (`superseded`) and its hub is told."""
         try:
@@ -233,28 +238,42 @@ class Redemption:
         except HandoffError:
             log.warning("could not end the superseded handoffId=%s; it no longer owns the chat", handoff_id)
 
-    def _release(self, handoff: Handoff, claim_id: str, link: Link | None, previous: str | None, created_link: bool) -> None:
+    def _release(
+        self, handoff: Handoff, claim_id: str, events: tuple[StoredEvent, ...], link: Link | None, previous: str | None, created_link: bool
+    ) -> None:
+        """Undo a claim whose continuation could not be sent: the link, then the record, the claim row and our
+        `handoff.connected` (deleted if it is still the last event, else marked failed so that it is skipped)."""
         try:
             if link is not None:
                 if created_link:
                     self._links.delete_if_unchanged(link)
                 elif previous is not None:
                     self._links.replace(link, previous)
-            fresh = self._handoffs.find(handoff.handoff_id)
-            if fresh is None or fresh.claim_id != claim_id:
-                return
-            reverted = replace(
-                fresh,
-                claim_id=None,
-                claimed_at=None,
-                teams=None,
-                next_seq=fresh.next_seq - 1,
-                sender_id=None,
-                sender_until=None,
-            )
-            self._handoffs.commit(fresh, reverted, delete=[(CLAIM, None), (event_row_key(fresh.next_seq - 1), None)])
+            for attempt in range(_ATTEMPTS):
+                if attempt:
+                    contention_pause(attempt)
+                fresh = self._handoffs.find(handoff.handoff_id)
+                if fresh is None or fresh.claim_id != claim_id:
+                    return
+                reverted = replace(fresh, claim_id=None, claimed_at=None, teams=None)
+                if fresh.sender_id is not None and fresh.sender_id == handoff.sender_id:
+                    reverted = replace(reverted, sender_id=None, sender_until=None)
+                deletes: list[tuple[str, str | None]] = [(CLAIM, None)]
+                upserts = []
+                for event in events:
+                    if event.seq == fresh.next_seq - 1 and len(events) == 1:
+                        reverted = replace(reverted, next_seq=event.seq)
+                        deletes.append((event_row_key(event.seq), None))
+                    else:  # something was staged behind it meanwhile: never send it, never leave a gap
+                        upserts.append(event_entity(replace(event, failed=True)))
+                try:
+                    self._handoffs.commit(fresh, reverted, delete=deletes, upsert=upserts)
+                    return
+                except (Stale, OutcomeUnknown):
+                    continue
         except (HandoffError, Stale):
-            log.error("could not release the redemption of handoffId=%s: the same user can retry after %s", handoff.handoff_id, STALE_CLAIM)
+            pass
+        log.error("could not release the redemption of handoffId=%s: its link stays spent", handoff.handoff_id)
 
 
 def end_handoff(
@@ -297,7 +316,10 @@ def _check(handoff: Handoff | None, activity: Activity, teams: TeamsConversation
         if handoff.connected:
             return Outcome.ALREADY_CONNECTED
         if handoff.claimed_at is not None and handoff.claimed_at + STALE_CLAIM <= now:
-            return Outcome.REDEEMED  # an instance died while connecting: the same user takes over
+            # Claimed in this chat but `connected` never recorded: the continuation most likely went out (recording
+            # it failed after sending), so the user is told to carry on rather than sent it twice; the record is
+            # repaired. (An instance that died before sending leaves the user without the reminder, not stuck.)
+            return Outcome.ALREADY_CONNECTED
         raise ServiceUnavailable("This link is being opened right now; retry shortly.", code="in_progress", retry_after=2)
     if handoff.ended:
         return Outcome.ENDED

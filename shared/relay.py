@@ -117,22 +117,25 @@ class Relay:
             return
         fields = _event_fields(activity, type_, now)
         try:
-            self._stage_and_send(handoff, type_, fields, activity, deadline=deadline, now=now)
+            still_open = self._stage_and_send(handoff, type_, fields, activity, deadline=deadline, now=now)
         except ServiceUnavailable:
             if type_ is EventType.MESSAGE:
                 self._tell(conversation, say.NOT_PASSED_ON, activity, deadline)
             raise
+        if not still_open and type_ is EventType.MESSAGE:
+            self._tell(conversation, say.NO_OPEN_CONVERSATION, activity, deadline, must=True)
 
     def _stage_and_send(
         self, handoff: Handoff, type_: EventType, fields: dict[str, Any], activity: Activity, *, deadline: Deadline, now: datetime
-    ) -> None:
+    ) -> bool:
+        """Stage the event (and post it when this request takes the lease). False: the handoff ended meanwhile."""
         message_id = activity.id if type_ is EventType.MESSAGE else None
         current: Handoff | None = handoff
         for attempt in range(CONFLICT_ATTEMPTS):
             if attempt:
                 contention_pause(attempt)
             if current is None or current.ended:
-                return  # ended meanwhile: nothing to relay to
+                return False  # ended (or deleted) meanwhile: nothing to relay to
             staged = stage(current, current, [Draft(type_, fields)], now=now, hub_configured=self._outbox.hub_configured)
             seen = [teams_message_entity(current.handoff_id, message_id, staged.events[0].seq)] if message_id else []
             try:
@@ -144,7 +147,7 @@ class Relay:
                         committed = fresh  # our own batch landed and the SDK's retry met it
                     else:
                         log.info("Teams message relayed before, not again: handoffId=%s messageId=%s", current.handoff_id, clean(message_id))
-                        return
+                        return True
                 else:
                     current = self._handoffs.find(current.handoff_id)
                     continue
@@ -160,7 +163,7 @@ class Relay:
             log.info("relayed %s: handoffId=%s seq=%d", type_.value, current.handoff_id, staged.events[0].seq)
             if staged.sender_id is not None:
                 self._outbox.drain(committed, staged.sender_id, deadline=deadline, now=now, known=staged.events)
-            return
+            return True
         raise ServiceUnavailable("The conversation is busy; nothing was lost, retry shortly.", code="busy", retry_after=1)
 
     def _landed(self, fresh: Handoff, staged: Any, message_id: str | None) -> bool:

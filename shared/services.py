@@ -123,13 +123,13 @@ def _messages_lost_notice(chat: TeamsChat):
 
     from shared import teams as say
     from shared.errors import HandoffError
-    from shared.outbound import Deadline
+    from shared.outbound import Deadline  # noqa: F401 (annotation)
 
-    def tell(handoff) -> bool:
-        if handoff.teams is None or not handoff.connected:
-            return False
+    def tell(handoff, deadline: Deadline) -> bool:
+        if handoff.teams is None or not handoff.connected or deadline.remaining() < 1.5:
+            return False  # the answer's time budget comes first: with no time left the notice is skipped
         try:
-            chat.send(handoff.teams, [say.text(handoff.teams, say.MESSAGES_LOST)], Deadline(3.0))
+            chat.send(handoff.teams, [say.text(handoff.teams, say.MESSAGES_LOST)], deadline)
         except HandoffError:
             logging.getLogger(__name__).warning("could not tell the user of handoffId=%s that messages were lost", handoff.handoff_id)
             return False

@@ -7,7 +7,9 @@ run's cost grows with the work due. Each row names a handoff and a kind:
 - `deliver`: the handoff owes the hub events and their retry is due: `Outbox.resume` takes the delivery lease
   (one conditional write) and posts them in `seq` order, with the outbox's backoff and give-up;
 - `expire`: its links expire now: a handoff never redeemed ends as `expired` (one conditional batch that also
-  stages `handoff.ended`, then delivered like any event); a redeemed one needs nothing;
+  stages `handoff.ended`, then delivered like any event); for a redeemed one that is still open the row keeps
+  watch every WATCH_INTERVAL until it ends, resuming events nobody is delivering (a request whose instance
+  died holding the delivery lease, or whose last write failed, left no retry row);
 - `purge`: its retention may be over: if `last activity + HANDOFF_RETENTION_DAYS` has passed, the chat's link is
   deleted if it still names the handoff, then every row of its partition (the record first, with If-Match, so no
   concurrent writer can bring it back); otherwise the check moves to the new due time.
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 RUN_SECONDS = 25.0  # the contract: a run stops within 25 s
 WORK_SECONDS = 20.0  # no post or new item after this: the rest of RUN_SECONDS is for the last writes
 MIN_SECONDS_FOR_AN_ITEM = 1.0
+WATCH_INTERVAL = timedelta(minutes=10)  # how often an open conversation's expiry row looks for stranded events
 HUB_DOWN_AFTER = 2  # handoffs in a row left pending by the hub: stop probing it in this run
 _ATTEMPTS = 4  # conditional writes lost to concurrent changes, per item
 
@@ -238,7 +241,13 @@ class Sweeper:
                 if not handoff.connected and handoff.claimed_at is not None and handoff.claimed_at + STALE_CLAIM > now:
                     # a redemption is connecting right now: if it fails it releases the claim; look again then
                     return self._later(item, handoff.claimed_at + STALE_CLAIM)
-                return Handled.DONE  # redeemed: the link was used
+                # Redeemed and open: the row keeps watch while the conversation lasts, so that events a request
+                # could not hand on (its instance died holding the lease, or storage failed at its last write,
+                # and so no retry row exists) wait at most WATCH_INTERVAL, never for ever.
+                if outbox.hub_configured and handoff.unsettled and lease_free(handoff, now) and retry_due(handoff, now) and not self._hub_down:
+                    result = outbox.resume(handoff, deadline=deadline, now=now, limit=self._batch - counts.items)
+                    self._after_drain(None, result, counts, now=now)
+                return self._later(item, now + WATCH_INTERVAL)
             if handoff.expires_at > now:
                 return self._later(item, handoff.expires_at)
             staged = stage(

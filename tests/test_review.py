@@ -327,11 +327,20 @@ class TestRelay:
         action(user_message("still there?", service_url=botframework.service_url), jwt=botframework.jwt())
         storage.down.clear()
         hub_env.route(HUB_PATH, lambda r: Answer(202, {}))
-        time.sleep(31)  # the lease (30 s) lapses; any retry is due
+        # The open conversation's watch row (its expiry row, re-added every 10 minutes while it lasts) is what
+        # finds the stranded event. Time is modelled, not waited for: the watch is made due once the lease (30 s)
+        # has lapsed.
+        time.sleep(31)
+        watch = [row["RowKey"] for row in tables.due.query_entities("PartitionKey eq 'due'") if row["RowKey"].endswith(f"|expire|{handoff_id}")]
+        assert len(watch) == 1, watch
+        tables.due.delete_entity("due", watch[0])
+        tables.due.upsert_entity({"PartitionKey": "due", "RowKey": f"20000101T000000Z|expire|{handoff_id}"})
         for _ in range(3):
             sweep_once()
         delivered = [e for e in hub_events(hub_env, HUB_PATH) if e["type"] == "handoff.message"]
         assert [e["text"] for e in delivered] == ["still there?"]
+        # and the conversation stays watched while it is open
+        assert [row["RowKey"] for row in tables.due.query_entities("PartitionKey eq 'due'") if row["RowKey"].endswith(f"|expire|{handoff_id}")]
 
 
 # --------------------------------------------------------------------------------------------------
