@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, on Python 3.11 (.venv) and then on Python 3.13 (.venv313, with Microsoft's worker
+# The whole test suite, on Python 3.11 (.venv) and Python 3.13 (.venv313, side by side; with Microsoft's worker
 # library, so tests/test_worker.py loads and invokes the functions as Azure does). Installs what it needs; each
 # pytest session starts its own Azurite on a free loopback port (and stops it after) plus loopback stand-ins
 # for the Bot Framework and the engagement hub.
@@ -10,14 +10,32 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-313
 
 status=0
-echo "== test: Python 3.11 suite ($(.venv/bin/python -V)) =="
-.venv/bin/python -m pytest "$@" || status=$?
-
+have_313=0
 if [ -x .venv313/bin/python ] && .venv313/bin/python -c 'import azure_functions_runtime_v1' 2>/dev/null; then
-  echo "== test: Python 3.13 suite with Microsoft's worker library ($(.venv313/bin/python -V)) =="
+  have_313=1
+fi
+
+if [ "$have_313" -eq 1 ]; then
+  # Both suites at once: they spend most of their time waiting on loopback servers, timeouts and Azurite (each
+  # session has its own Azurite on a free port), so together they take about as long as one. Each one's output
+  # is shown whole when it ends, 3.11 first.
+  logs=$(mktemp -d)
+  trap 'rm -rf "$logs"' EXIT
+  echo "== test: Python 3.11 ($(.venv/bin/python -V 2>&1)) and 3.13 with Microsoft's worker library ($(.venv313/bin/python -V 2>&1)), side by side =="
+  .venv/bin/python -m pytest "$@" > "$logs/311.log" 2>&1 &
+  pid311=$!
   # The worker tests must run here: a missing worker library is a failure, not a skip.
-  HANDOFF_REQUIRE_WORKER=1 .venv313/bin/python -m pytest "$@" || { code=$?; [ "$status" -ne 0 ] || status=$code; }
+  HANDOFF_REQUIRE_WORKER=1 .venv313/bin/python -m pytest "$@" > "$logs/313.log" 2>&1 &
+  pid313=$!
+  wait "$pid311" || status=$?
+  echo "== test: Python 3.11 suite =="
+  cat "$logs/311.log"
+  wait "$pid313" || { code=$?; [ "$status" -ne 0 ] || status=$code; }
+  echo "== test: Python 3.13 suite with Microsoft's worker library =="
+  cat "$logs/313.log"
 else
+  echo "== test: Python 3.11 suite ($(.venv/bin/python -V)) =="
+  .venv/bin/python -m pytest "$@" || status=$?
   echo "test: Python 3.13 was not found (python3.13 on the PATH, or under ~/.pyenv/versions; or set PYTHON313=/path):" \
        "the suite ran on Python 3.11 only, and tests/test_worker.py (the functions under Microsoft's worker) did not run." >&2
   if [ "${CI:-}" = "true" ]; then

@@ -12,6 +12,7 @@ import http.client
 import json
 import threading
 import time
+from datetime import timedelta
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -304,7 +305,7 @@ class TestRelay:
         assert elapsed < 10.0, f"answered after {elapsed:.1f} s"
 
     def test_a_pending_message_is_delivered_by_the_sweeper_after_a_storage_fault_in_the_drain(
-        self, storage, hub_env, botframework, tables
+        self, storage, hub_env, botframework, tables, monkeypatch
     ) -> None:
         """shared/outbox.py `Outbox.drain`: the hub is down, the message goes `pending`, and the drain's final
         write (retry time, lease back, and `_schedule_retry`'s `deliver` row after it) fails on a storage
@@ -323,6 +324,7 @@ class TestRelay:
                 return Answer(503, {})
             return Answer(202, {})
 
+        monkeypatch.setattr("shared.outbox.LEASE", timedelta(seconds=2))
         hub_env.route(HUB_PATH, down_and_storage_blips)
         action(user_message("still there?", service_url=botframework.service_url), jwt=botframework.jwt())
         storage.down.clear()
@@ -330,7 +332,7 @@ class TestRelay:
         # The open conversation's watch row (its expiry row, re-added every 10 minutes while it lasts) is what
         # finds the stranded event. Time is modelled, not waited for: the watch is made due once the lease (30 s)
         # has lapsed.
-        time.sleep(31)
+        time.sleep(3.1)  # past the delivery lease (shortened to 2 s for this test)
         watch = [row["RowKey"] for row in tables.due.query_entities("PartitionKey eq 'due'") if row["RowKey"].endswith(f"|expire|{handoff_id}")]
         assert len(watch) == 1, watch
         tables.due.delete_entity("due", watch[0])
@@ -349,13 +351,14 @@ class TestRelay:
 
 class TestRedemption:
     def test_the_same_user_reopening_the_link_after_a_lost_connected_write_is_told_to_carry_on(
-        self, storage, botframework, connector
+        self, storage, botframework, connector, monkeypatch
     ) -> None:
         """shared/redeem.py `_check` / `_claim`: when recording `connected` fails after the continuation went
         out (`_connect` logs it and answers 200, by design), the record stays claimed-not-connected. 30 s later
         the same user opening the link again in the same chat (which the handoff owns) is treated as a take-over
         of a dead instance's claim: a second full continuation is sent (and a second `handoff.connected` staged),
         where DESIGN says: "You're already connected: carry on here." """
+        monkeypatch.setattr("shared.redeem.STALE_CLAIM", timedelta(seconds=2))
         created = body_json(initiate(fixture_bytes(ACTIVITY_SET)))
 
         def card_then_storage_fails(request: Recorded) -> Answer:
@@ -370,7 +373,7 @@ class TestRedemption:
         assert user_saw(botframework)[0].startswith("You're continuing")
         botframework.connector.clear()
         connector.route(CONNECTOR_PATH, accepted)  # storage stays up from here on
-        time.sleep(31)  # past STALE_CLAIM
+        time.sleep(3.1)  # past STALE_CLAIM (shortened to 2 s for this test)
         again = action(invoke(created["continuationToken"], service_url=botframework.service_url), jwt=botframework.jwt())
         assert again.status_code == 200
         assert user_saw(botframework) == [say.ALREADY_CONNECTED]
