@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,12 +45,20 @@ class StorageRequest:
         return self.kind == "query" and "PartitionKey eq" not in unquote(self.query).replace("+", " ")
 
 
+_SERVER_BUSY = b'{"odata.error":{"code":"ServerBusy","message":{"value":"The server is busy."}}}'
+
+
 class StorageCounter:
-    """An HTTP proxy on 127.0.0.1 in front of Azurite's table endpoint."""
+    """An HTTP proxy on 127.0.0.1 in front of Azurite's table endpoint, that can also misbehave on demand: while
+    `down` is set every request is answered 503 Server Busy (nothing reaches Azurite); `answer_late(method, path,
+    body)` returning N > 0 holds the answer N seconds AFTER Azurite has acted on the request (a write that lands
+    but whose answer arrives after the client's read timeout)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.requests: list[StorageRequest] = []
+        self.down = threading.Event()
+        self.answer_late: Callable[[str, str, bytes], float] | None = None
         self._lock = threading.Lock()
         counter = self
 
@@ -59,6 +69,13 @@ class StorageCounter:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if counter.down.is_set():
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(_SERVER_BUSY)))
+                    self.end_headers()
+                    self.wfile.write(_SERVER_BUSY)
+                    return
                 upstream = http.client.HTTPConnection("127.0.0.1", counter.target_port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
                 upstream.request(self.command, self.path, body=body, headers=headers)
@@ -67,6 +84,9 @@ class StorageCounter:
                 parts = urlsplit(self.path)
                 with counter._lock:
                     counter.requests.append(StorageRequest(self.command, parts.path, parts.query, response.status))
+                late = counter.answer_late(self.command, parts.path, body or b"") if counter.answer_late else 0
+                if late > 0:
+                    time.sleep(late)
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):

@@ -20,7 +20,7 @@ from devtools.botframework import APP_ID, CONNECTOR_PATH, BotFramework
 from devtools.loopback import HANG, Answer, Drip, Huge, LoopbackServer, Raw
 from tests import fuzz
 from tests.conftest import HUB_PATH, RELIABILITY_FIGURES
-from tests.helpers import ACTIVITY_SET, INVOKE, action, body_json, error_of, fixture, handoff_event, initiate, invoke
+from tests.helpers import ACTIVITY_SET, INVOKE, action, body_json, error_of, fixture, fixture_bytes, handoff_event, hub_call, initiate, invoke
 
 TOKEN_PATH = "/botframework.com/oauth2"
 MiB = 1024 * 1024
@@ -662,3 +662,56 @@ def test_fuzz_action_hardening_long(env, botframework, data) -> None:
 @given(data=st.data())
 def test_fuzz_initiate_hardening_long(env, data) -> None:
     fuzz_initiate(data)
+
+
+# --------------------------------------------------------------------------------------------------
+# Item 1: a claim whose answer arrives after the storage read timeout; item 6: handoff id collisions
+
+
+class TestClaimWithUnknownOutcome:
+    def test_a_claim_that_lands_but_answers_late_still_continues_the_conversation(self, storage_counter, botframework) -> None:
+        """The claim's batch reaches storage and is applied, but its answer comes after the client's read timeout
+        (2.5 s): the redemption reads its random claim id back and continues; the user's retry is not refused."""
+        from shared import services
+        from shared.teams import ALREADY_CONNECTED
+
+        services.reset()
+        created = body_json(initiate(fixture_bytes(ACTIVITY_SET)))
+        late = {"done": False}
+
+        def claim_answers_late(method: str, path: str, body: bytes) -> float:
+            if method == "POST" and path.endswith("$batch") and b'"RowKey": "claim"' in body.replace(b'"RowKey":"claim"', b'"RowKey": "claim"') and not late["done"]:
+                late["done"] = True
+                return 3.0
+            return 0.0
+
+        storage_counter.answer_late = claim_answers_late
+        started = time.monotonic()
+        response = action(invoke(created["continuationToken"], service_url=botframework.service_url), jwt=botframework.jwt())
+        elapsed = time.monotonic() - started
+        storage_counter.answer_late = None
+        assert late["done"], "the claim's answer was never delayed: the test did not exercise the case"
+        assert response.status_code == 200 and elapsed < 10
+        shown = [a.get("text") or a["type"] for a in botframework.sent_activities()]
+        assert shown[0].startswith("You're continuing") and len(shown) == 4
+        botframework.connector.clear()
+        again = action(invoke(created["continuationToken"], service_url=botframework.service_url), jwt=botframework.jwt())
+        assert again.status_code == 200
+        assert [a.get("text") for a in botframework.sent_activities()] == [ALREADY_CONNECTED]
+
+
+class TestHandoffIds:
+    def test_ids_that_only_a_separator_told_apart_are_different_handoffs(self, env) -> None:
+        first = initiate(handoff_event(conversation={"id": "C\x1fX"}, id="A"))
+        second = initiate(handoff_event(conversation={"id": "C"}, id="X\x1fA"))
+        assert (first.status_code, second.status_code) == (201, 201)
+        assert body_json(first)["handoffId"] != body_json(second)["handoffId"]
+
+    def test_a_route_id_that_is_no_handoff_id_is_404_without_touching_storage(self, hub_env, storage_counter) -> None:
+        from tests.conftest import HUB_SECRET
+
+        for route_id in ("a/b", "..", "x" * 1100, "'; drop", "A" * 32):
+            storage_counter.reset()
+            response = hub_call(route_id, {"type": "queued"}, secret=HUB_SECRET)
+            assert response.status_code == 404, route_id
+            assert [r for r in storage_counter.taken() if r.kind != "table"] == []

@@ -8,27 +8,25 @@ points at a small proxy in front of Azurite that answers 503 (Table Storage "ser
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
 from datetime import timedelta
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from devtools.botframework import CONNECTOR_PATH, BotFramework
 from devtools.loopback import (
-    AZURITE_KEY,
     HANG,
     Answer,
     Azurite,
     LoopbackServer,
     Recorded,
 )
+from devtools.storagecount import StorageCounter
 from shared import teams as say
 from tests.conftest import HUB_PATH, HUB_SECRET
 from tests.helpers import (
@@ -46,72 +44,14 @@ from tests.helpers import (
 )
 
 # --------------------------------------------------------------------------------------------------
-# Scaffolding: a storage proxy that can go down on demand, the connector's route, what the user saw
-
-
-class StorageFaults:
-    """An HTTP proxy on 127.0.0.1 in front of Azurite; while `down` is set, every request gets 503 Server Busy."""
-
-    def __init__(self, target_port: int) -> None:
-        self.down = threading.Event()
-        faults = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            wbufsize = 1 << 16
-
-            def _forward(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                if faults.down.is_set():
-                    data = b'{"odata.error":{"code":"ServerBusy","message":{"value":"The server is busy."}}}'
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                    return
-                upstream = http.client.HTTPConnection("127.0.0.1", target_port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                upstream.close()
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_MERGE = do_HEAD = _forward
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="storage-faults").start()
-
-    @property
-    def connection_string(self) -> str:
-        port = self._server.server_address[1]
-        return (
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            f"AccountKey={AZURITE_KEY};TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
-        )
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+# Scaffolding: the storage proxy (devtools/storagecount.py) going down on demand, the connector's route, what the user saw
 
 
 @pytest.fixture
-def storage(env: dict[str, str], azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[StorageFaults]:
+def storage(env: dict[str, str], azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[StorageCounter]:
     from shared import services
 
-    faults = StorageFaults(azurite.port)
+    faults = StorageCounter(azurite.port)
     monkeypatch.setenv("HANDOFF_STORAGE_CONNECTION", faults.connection_string)
     services.reset()
     yield faults
