@@ -27,7 +27,8 @@ import hashlib
 import json
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -391,7 +392,6 @@ class HandoffStore:
         row exists already, `OutcomeUnknown` when the answer was lost (the batch may have landed).
         """
         from azure.core import MatchConditions
-        from azure.core.exceptions import AzureError, ServiceRequestError
         from azure.data.tables import TableTransactionError, UpdateMode
 
         patch = _changed(current, updated)
@@ -409,7 +409,7 @@ class HandoffStore:
                 operations.append(("delete", row, {"etag": etag, "match_condition": MatchConditions.IfNotModified}))
             else:
                 operations.append(("delete", row))
-        with storage_call("change a handoff"):
+        with storage_call("change a handoff"), _answer_may_be_lost(current.handoff_id):
             try:
                 results = self._table.submit_transaction(operations)
             except TableTransactionError as exc:
@@ -420,34 +420,22 @@ class HandoffStore:
                 if exc.status_code in (404, 412):
                     raise Stale(current.handoff_id) from exc
                 raise
-            except ServiceRequestError:
-                raise  # never sent: an outage like any other (storage_call maps it to 503)
-            except AzureError as exc:
-                if _answer_lost(exc):
-                    raise OutcomeUnknown(current.handoff_id) from exc
-                raise
         return replace(updated, etag=results[0].get("etag") if results else None)
 
     def _merge_record(self, current: Handoff, updated: Handoff, patch: dict[str, Any]) -> Handoff:
         """A change that adds no rows: one conditional merge of the record, with the same errors as `commit`.
         (A one-operation batch is as atomic, but on Azurite it costs 2 to 4 times a plain merge.)"""
         from azure.core import MatchConditions
-        from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError, ServiceRequestError
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        with storage_call("change a handoff"):
+        with storage_call("change a handoff"), _answer_may_be_lost(current.handoff_id):
             try:
                 meta = self._table.update_entity(
                     patch, mode=UpdateMode.MERGE, etag=current.etag, match_condition=MatchConditions.IfNotModified
                 )
             except (ResourceModifiedError, ResourceNotFoundError) as exc:
                 raise Stale(current.handoff_id) from exc
-            except ServiceRequestError:
-                raise  # never sent: an outage like any other (storage_call maps it to 503)
-            except AzureError as exc:
-                if _answer_lost(exc):
-                    raise OutcomeUnknown(current.handoff_id) from exc
-                raise
         return replace(updated, etag=meta.get("etag"))
 
     # ---- retention
@@ -493,6 +481,22 @@ class HandoffStore:
                     if exc.status_code != 404:
                         raise
         return deleted
+
+
+@contextmanager
+def _answer_may_be_lost(handoff_id: str) -> Iterator[None]:
+    """A write whose request went out but whose answer was lost (timeout, dropped connection) may have landed:
+    `OutcomeUnknown`, for the caller to settle by reading back. One never sent is an outage like any other."""
+    from azure.core.exceptions import AzureError, ServiceRequestError
+
+    try:
+        yield
+    except ServiceRequestError:
+        raise
+    except AzureError as exc:
+        if _answer_lost(exc):
+            raise OutcomeUnknown(handoff_id) from exc
+        raise
 
 
 def _answer_lost(exc: Exception) -> bool:

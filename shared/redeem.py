@@ -17,7 +17,6 @@ instance that died) counts as connected for the same user in the same chat after
 
 from __future__ import annotations
 
-import enum
 import logging
 import secrets
 from dataclasses import replace
@@ -31,7 +30,7 @@ from shared.logsafe import clean
 from shared.outbox import Draft, stage
 from shared.teams import conversation_of, end_chat_card
 from shared.tokens import parse
-from shared.vocabulary import EndReason, EventType, State
+from shared.vocabulary import EndReason, EventType, RedemptionOutcome, State
 
 if TYPE_CHECKING:
     from shared.activities import Activity
@@ -45,16 +44,6 @@ log = logging.getLogger(__name__)
 
 STALE_CLAIM = timedelta(seconds=30)
 _ATTEMPTS = CONFLICT_ATTEMPTS
-
-
-class Outcome(str, enum.Enum):
-    REDEEMED = "redeemed"
-    ALREADY_CONNECTED = "already_connected"
-    REPLAYED = "replayed"
-    EXPIRED = "expired"
-    ENDED = "ended"
-    UNKNOWN = "unknown"
-    REFUSED = "refused"  # bound to another user or tenant, or not a personal chat
 
 
 def is_personal(activity: Activity) -> bool:
@@ -76,17 +65,17 @@ class Redemption:
         self._outbox = outbox
         self._chat = chat
 
-    def redeem(self, activity: Activity, token: str, *, deadline: Deadline, now: datetime) -> Outcome:
+    def redeem(self, activity: Activity, token: str, *, deadline: Deadline, now: datetime) -> RedemptionOutcome:
         teams = conversation_of(activity)
         continuation = parse(token) if is_personal(activity) else None
         handoff = self._handoffs.find(continuation.handoff_id) if continuation else None
         known = handoff is not None and self._handoffs.has_token(handoff.handoff_id, continuation.row_key)  # type: ignore[union-attr]
-        outcome = Outcome.UNKNOWN
+        outcome = RedemptionOutcome.UNKNOWN
         for attempt in range(_ATTEMPTS):
             if attempt:
                 contention_pause(attempt)
             outcome = _check(handoff if known else None, activity, teams, now=now)
-            if outcome is not Outcome.REDEEMED:
+            if outcome is not RedemptionOutcome.REDEEMED:
                 break
             assert handoff is not None
             claimed, handoff, staged_events = self._claim(handoff, activity, teams, now=now)
@@ -94,16 +83,16 @@ class Redemption:
                 self._continue(handoff, claimed, staged_events, activity, teams, deadline=deadline, now=now)
                 break
             if handoff is None:
-                outcome = Outcome.UNKNOWN
+                outcome = RedemptionOutcome.UNKNOWN
                 break
         else:
             raise ServiceUnavailable("The handoff is changing right now; retry shortly.", code="busy", retry_after=1)
 
-        if outcome is Outcome.ALREADY_CONNECTED:
+        if outcome is RedemptionOutcome.ALREADY_CONNECTED:
             self._chat.send(teams, [say.text(teams, say.ALREADY_CONNECTED, reply_to=activity.id)], deadline)
             if handoff is not None and handoff.connecting:
                 self._repair(handoff, deadline=deadline, now=now)
-        elif outcome is not Outcome.REDEEMED:
+        elif outcome is not RedemptionOutcome.REDEEMED:
             self._chat.send(teams, [say.text(teams, say.CANNOT_CONTINUE, reply_to=activity.id)], deadline)
         log.info(
             "handoff action %s: handoffId=%s conversationId=%s",
@@ -304,36 +293,36 @@ def end_handoff(
     raise ServiceUnavailable("The handoff is changing right now; retry shortly.", code="busy", retry_after=1)
 
 
-def _check(handoff: Handoff | None, activity: Activity, teams: TeamsConversation, *, now: datetime) -> Outcome:
+def _check(handoff: Handoff | None, activity: Activity, teams: TeamsConversation, *, now: datetime) -> RedemptionOutcome:
     """What the token allows this activity, before any write: REDEEMED means "may claim"."""
     if handoff is None:
-        return Outcome.UNKNOWN
+        return RedemptionOutcome.UNKNOWN
     if not is_personal(activity):
-        return Outcome.REFUSED
+        return RedemptionOutcome.REFUSED
     same_chat = handoff.teams is not None and handoff.teams.conversation_id == teams.conversation_id
     same_user = handoff.teams is not None and handoff.teams.user_key == teams.user_key and bool(teams.user_key)
     if handoff.claim_id is not None and same_chat and same_user and not handoff.ended:
         if handoff.connected:
-            return Outcome.ALREADY_CONNECTED
+            return RedemptionOutcome.ALREADY_CONNECTED
         if handoff.claimed_at is not None and handoff.claimed_at + STALE_CLAIM <= now:
             # Claimed in this chat but `connected` never recorded: the continuation most likely went out (recording
             # it failed after sending), so the user is told to carry on rather than sent it twice; the record is
             # repaired. (An instance that died before sending leaves the user without the reminder, not stuck.)
-            return Outcome.ALREADY_CONNECTED
+            return RedemptionOutcome.ALREADY_CONNECTED
         raise ServiceUnavailable("This link is being opened right now; retry shortly.", code="in_progress", retry_after=2)
     if handoff.ended:
-        return Outcome.ENDED
+        return RedemptionOutcome.ENDED
     if handoff.expires_at <= now:
-        return Outcome.EXPIRED
+        return RedemptionOutcome.EXPIRED
     user = activity.from_.aad_object_id if activity.from_ is not None else None
     if handoff.user_id and (not user or user.lower() != handoff.user_id.lower()):
-        return Outcome.REFUSED
+        return RedemptionOutcome.REFUSED
     tenant = activity.tenant_id
     if handoff.tenant_id and (not tenant or tenant.lower() != handoff.tenant_id.lower()):
-        return Outcome.REFUSED
+        return RedemptionOutcome.REFUSED
     if handoff.claim_id is not None:
-        return Outcome.REPLAYED
-    return Outcome.REDEEMED
+        return RedemptionOutcome.REPLAYED
+    return RedemptionOutcome.REDEEMED
 
 
 def _continuation_messages(handoff: Handoff, teams: TeamsConversation, *, reply_to: str | None) -> list[dict]:

@@ -69,3 +69,15 @@ class TextFormat(str, enum.Enum):
 
     PLAIN = "plain"
     MARKDOWN = "markdown"
+
+
+class RedemptionOutcome(str, enum.Enum):
+    """What a `handoff/action` invoke's continuation token came to (logged, and what the user is told)."""
+
+    REDEEMED = "redeemed"
+    ALREADY_CONNECTED = "already_connected"
+    REPLAYED = "replayed"
+    EXPIRED = "expired"
+    ENDED = "ended"
+    UNKNOWN = "unknown"
+    REFUSED = "refused"  # bound to another user or tenant, or not a personal chat

@@ -89,6 +89,16 @@ def hub_env(env: dict[str, str], hub: LoopbackServer, monkeypatch: pytest.Monkey
 
 
 @pytest.fixture
+def live(hub_env: LoopbackServer, botframework: BotFramework) -> str:
+    """A handoff whose user has opened the link in Teams (hub configured); the connector's record starts empty."""
+    from tests.helpers import connect_user
+
+    handoff_id = connect_user(botframework)
+    botframework.connector.clear()
+    return handoff_id
+
+
+@pytest.fixture
 def storage_counter(env: dict[str, str], azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[StorageCounter]:
     """The app's storage requests, counted: its connection string points at a counting proxy in front of Azurite."""
     counter = StorageCounter(azurite.port)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 
 from devtools.botframework import CONNECTOR_PATH, BotFramework
 from devtools.loopback import Answer, LoopbackServer
@@ -45,14 +44,6 @@ def user_saw(botframework: BotFramework) -> list[str]:
 
 def relayed(hub: LoopbackServer) -> list[dict]:
     return [e for e in hub_events(hub, HUB_PATH) if e["type"] == "handoff.message"]
-
-
-@pytest.fixture
-def live(hub_env: LoopbackServer, botframework: BotFramework) -> str:
-    """A handoff whose user has opened the link in Teams; the connector's record starts empty."""
-    handoff_id = connect_user(botframework)
-    botframework.connector.clear()
-    return handoff_id
 
 
 class TestRedemptionLinksTheChat:

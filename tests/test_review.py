@@ -95,13 +95,6 @@ def sweep_once() -> None:
     handoff_sweeper.main(timer)
 
 
-@pytest.fixture
-def live(hub_env: LoopbackServer, botframework: BotFramework) -> str:
-    handoff_id = connect_user(botframework)
-    botframework.connector.clear()
-    return handoff_id
-
-
 # --------------------------------------------------------------------------------------------------
 # Hub calls (handoff_hub)
 
