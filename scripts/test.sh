@@ -20,13 +20,22 @@ if [ "$have_313" -eq 1 ]; then
   # session has its own Azurite on a free port), so together they take about as long as one. Each one's output
   # is shown whole when it ends, 3.11 first.
   logs=$(mktemp -d)
+  pid311="" pid313=""
+  stop_suites() { for pid in $pid311 $pid313; do kill -TERM -- "-$pid" 2>/dev/null || true; done; }
   trap 'rm -rf "$logs"' EXIT
+  trap 'stop_suites; exit 130' INT
+  trap 'stop_suites; exit 143' TERM
   echo "== test: Python 3.11 ($(.venv/bin/python -V 2>&1)) and 3.13 with Microsoft's worker library ($(.venv313/bin/python -V 2>&1)), side by side =="
+  # Job control on: without it a background command starts with SIGINT ignored, and so would every script the
+  # tests start (a shell cannot trap a signal ignored on entry), which breaks the tests of Ctrl+C. Each suite
+  # runs in its own process group; a Ctrl+C here stops both.
+  set -m
   .venv/bin/python -m pytest "$@" > "$logs/311.log" 2>&1 &
   pid311=$!
   # The worker tests must run here: a missing worker library is a failure, not a skip.
   HANDOFF_REQUIRE_WORKER=1 .venv313/bin/python -m pytest "$@" > "$logs/313.log" 2>&1 &
   pid313=$!
+  set +m
   wait "$pid311" || status=$?
   echo "== test: Python 3.11 suite =="
   cat "$logs/311.log"
