@@ -1,0 +1,166 @@
+"""Second adversarial review: the fixes made after the first (call lease, undo, drain's last write, half-recorded
+redemptions, the relay's ended-meanwhile reply, the sweeper's watch over open conversations).
+
+Each test describes one defect and FAILS on the code it was written against (commit 5a566ff); the lead fixes
+shared/ and the test then passes unchanged. Everything runs in process through each function's `main`, against
+Azurite, the loopback Bot Framework and a loopback hub. Storage faults are real: the app's connection string
+points at the counting proxy (devtools/storagecount.py), which answers 503 while it is `down`. Time is modelled
+the way tests/test_review.py does it: short settings or shortened module constants, never a mocked clock.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from devtools.botframework import CONNECTOR_PATH, BotFramework
+from devtools.loopback import Answer, LoopbackServer, Recorded
+from devtools.storagecount import StorageCounter
+from shared import teams as say
+from tests.conftest import HUB_PATH, HUB_SECRET
+from tests.helpers import (
+    action,
+    body_json,
+    connect_user,
+    handoff_event,
+    initiate,
+    invoke,
+    user_message,
+)
+
+# --------------------------------------------------------------------------------------------------
+# Scaffolding
+
+
+@pytest.fixture
+def connector(botframework: BotFramework) -> Iterator[LoopbackServer]:
+    """The loopback Bot Connector, whose route a test may replace; the default answer is put back afterwards."""
+    yield botframework.connector
+    botframework.connector.route(CONNECTOR_PATH, accepted)
+
+
+def accepted(request: Recorded) -> Answer:
+    return Answer(201, {"id": f"activity-{uuid.uuid4().hex[:8]}"})
+
+
+def user_saw(botframework: BotFramework) -> list[str]:
+    return [a.get("text") or a["type"] for a in botframework.sent_activities()]
+
+
+def hub_got(hub: LoopbackServer) -> list[dict[str, Any]]:
+    """Every event POSTed to the hub that it accepted (2xx), in order."""
+    return [r.json() for r in hub.requests_to(HUB_PATH, "POST") if r.status and 200 <= r.status < 300]
+
+
+def sweep_once() -> None:
+    import azure.functions as func
+    from azure.functions import meta
+    from azure.functions.timer import TimerRequestConverter
+
+    import handoff_sweeper
+
+    payload = {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": {"Last": "", "Next": ""}, "IsPastDue": False}
+    timer = TimerRequestConverter.decode(meta.Datum(json.dumps(payload), "json"), trigger_metadata={})
+    assert isinstance(timer, func.TimerRequest)
+    handoff_sweeper.main(timer)
+
+
+def due_rows(tables: Any, handoff_id: str, kind: str) -> list[str]:
+    return [row["RowKey"] for row in tables.due.query_entities("PartitionKey eq 'due'") if row["RowKey"].endswith(f"|{kind}|{handoff_id}")]
+
+
+def make_due_now(tables: Any, handoff_id: str, kind: str) -> None:
+    """Model the passing of time for the sweeper's index: the handoff's rows of `kind` become due now."""
+    for row_key in due_rows(tables, handoff_id, kind):
+        tables.due.delete_entity("due", row_key)
+    tables.due.upsert_entity({"PartitionKey": "due", "RowKey": f"20000101T000000Z|{kind}|{handoff_id}"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Redemption (shared/redeem.py)
+
+
+class TestRedemption:
+    def test_a_claim_whose_chat_was_never_linked_is_not_told_to_carry_on_in_a_chat_that_relays_nothing(
+        self, storage_counter: StorageCounter, botframework, connector, monkeypatch
+    ) -> None:
+        """shared/redeem.py `_check` (STALE_CLAIM -> ALREADY_CONNECTED) and `_repair`: the claim batch lands, then
+        storage fails before the chat is linked (`_link`), and the release fails too (storage still down): Teams
+        gets 503 "retry". The user opens the link again once storage is back: after STALE_CLAIM the half-done
+        claim counts as connected, so the user is told "You're already connected: carry on here." and the record
+        is repaired to `connected` -- but the chat was never linked to the handoff and the user never got the
+        continuation. Everything the user writes then gets "no open conversation with an agent here", the link
+        is spent, and the hub is told `handoff.connected`. `_check` decides "owns this very chat" (DESIGN) from
+        the record's `teams` field instead of the conversation link."""
+        monkeypatch.setattr("shared.redeem.STALE_CLAIM", timedelta(seconds=2))
+        created = body_json(initiate(handoff_event(id=f"unlinked-{uuid.uuid4().hex[:8]}")))
+
+        def down_after_the_claim(method: str, path: str, body: bytes) -> float:
+            if method == "POST" and path.endswith("$batch") and b"claimId" in body:
+                storage_counter.down.set()
+            return 0
+
+        storage_counter.answer_late = down_after_the_claim
+        first = action(invoke(created["continuationToken"], service_url=botframework.service_url), jwt=botframework.jwt())
+        storage_counter.answer_late = None
+        storage_counter.down.clear()
+        assert first.status_code == 503, first.get_body()  # the claim landed; linking and releasing failed
+        assert user_saw(botframework) == []  # the continuation never went out
+
+        time.sleep(2.2)  # past STALE_CLAIM (shortened to 2 s): the user opens the link again
+        again = action(invoke(created["continuationToken"], service_url=botframework.service_url), jwt=botframework.jwt())
+        assert again.status_code == 200
+        botframework.connector.clear()
+        said = action(user_message("hello, is anyone there?", service_url=botframework.service_url), jwt=botframework.jwt())
+        assert said.status_code == 200
+        assert say.NO_OPEN_CONVERSATION not in user_saw(botframework), user_saw(botframework)
+
+
+# --------------------------------------------------------------------------------------------------
+# The sweeper's watch over open conversations (shared/sweeper.py `_expire`)
+
+
+class TestWatch:
+    def test_handoff_ended_left_undelivered_by_a_storage_fault_is_still_delivered(
+        self, storage_counter: StorageCounter, live, hub_env, botframework, tables, monkeypatch
+    ) -> None:
+        """shared/sweeper.py `Sweeper._expire`: the watch row of a redeemed handoff returns DONE as soon as the
+        handoff has `ended`, before looking at what it still owes the hub. But ending is exactly the moment an
+        event is staged that nobody may be delivering: the user presses End chat while the hub is down, and the
+        drain's final write (retry time, lease back; `_schedule_retry`'s `deliver` row after it) meets a storage
+        blip. The watch then drops the handoff and `handoff.ended` is never sent: the agent keeps a conversation
+        open that the user closed (the same for `superseded`/`undeliverable`, and for an instance that died
+        holding the lease while posting it). The first review's stranded-message test, one step later."""
+        handoff_id = live
+        for row_key in due_rows(tables, handoff_id, "deliver"):  # initiate's safety net, long consumed on an old handoff
+            tables.due.delete_entity("due", row_key)
+        monkeypatch.setattr("shared.outbox.LEASE", timedelta(seconds=2))
+
+        def down_and_storage_blips(request: Recorded) -> Answer:
+            if request.json()["type"] == "handoff.ended":
+                storage_counter.down.set()
+                return Answer(503, {})
+            return Answer(202, {})
+
+        hub_env.route(HUB_PATH, down_and_storage_blips)
+        end = user_message("", service_url=botframework.service_url, value={"handoff": "end", "handoffId": handoff_id})
+        response = action(end, jwt=botframework.jwt())
+        storage_counter.down.clear()
+        hub_env.route(HUB_PATH, lambda r: Answer(202, {}))
+        assert response.status_code == 200, response.get_body()
+        assert say.USER_ENDED in user_saw(botframework)
+        assert [e for e in hub_got(hub_env) if e["type"] == "handoff.ended"] == []  # the hub was down
+
+        time.sleep(2.2)  # past the delivery lease (shortened to 2 s)
+        make_due_now(tables, handoff_id, "expire")  # the watch's next look (every 10 minutes), modelled
+        for _ in range(3):
+            sweep_once()
+        ended = [e for e in hub_got(hub_env) if e["type"] == "handoff.ended"]
+        assert [e.get("reason") for e in ended] == ["user_ended"], hub_got(hub_env)
