@@ -164,3 +164,56 @@ class TestWatch:
             sweep_once()
         ended = [e for e in hub_got(hub_env) if e["type"] == "handoff.ended"]
         assert [e.get("reason") for e in ended] == ["user_ended"], hub_got(hub_env)
+
+    def test_an_idle_sweep_costs_at_most_three_requests_however_many_conversations_are_open(
+        self, hub_env, botframework, storage_counter: StorageCounter, monkeypatch
+    ) -> None:
+        """shared/sweeper.py `Sweeper._expire` (the watch): every redeemed, open handoff's expiry row is re-added
+        every WATCH_INTERVAL for as long as the conversation lasts, and each look costs a point read, an upsert
+        and a delete, even when nothing is owed to the hub (and even with no hub configured at all). An idle
+        sweep then costs 1 + 3 x (open conversations / 10 minutes' worth of runs): with 10,000 open
+        conversations about 3,000 requests a minute with nothing to do, more than a run can make in its 20 s,
+        so the backlog grows and the rows due behind it (retries, expiries, purges) wait. DESIGN: "a run with
+        nothing due and nothing to purge costs at most 3 storage requests however many handoffs are stored, and
+        a run's cost grows with the work due, not with the table". Here three open conversations, everything
+        delivered, nothing expiring or to purge; the watch interval is shortened to 2 s to model its passing."""
+        monkeypatch.setenv("HANDOFF_TOKEN_TTL_SECONDS", "6")
+        monkeypatch.setattr("shared.sweeper.WATCH_INTERVAL", timedelta(seconds=2))
+        started = time.monotonic()
+        for number in range(3):
+            connect_user(botframework, event=handoff_event(id=f"open-{number}-{uuid.uuid4().hex[:6]}"), conversation_id=f"a:open-chat-{number}")
+        assert time.monotonic() - started < 6, "the links expired before they were opened: rerun on a less loaded machine"
+        time.sleep(max(0.0, 6.5 - (time.monotonic() - started)))
+        sweep_once()  # the links' expiry: redeemed, nothing to do (from here on the rows keep watch)
+        assert all(e["type"] in ("handoff.requested", "handoff.connected") for e in hub_got(hub_env))
+
+        time.sleep(2.2)
+        storage_counter.reset()
+        sweep_once()  # nothing owed to the hub, nothing expiring, nothing to purge
+        counts = storage_counter.counts()
+        assert counts["read"] + counts["query"] + counts["write"] <= 3, counts
+
+    def test_a_repeated_initiate_does_not_add_a_second_watch_that_lasts_as_long_as_the_conversation(
+        self, hub_env, botframework, tables, monkeypatch
+    ) -> None:
+        """shared/initiate.py schedules an `expire` row at `now + TTL` of EACH call, repeats included (the repeat's
+        own `now`, not the handoff's fixed `expiresAt`), and shared/sweeper.py `_expire` now turns every such row
+        of a redeemed, open handoff into a watch that re-adds itself every 10 minutes until the conversation
+        ends. A repeat handled in another sweep run than the first row (a Direct Line client retrying the
+        handoff.initiate a minute later) leaves two watch rows, each costing three requests per look, for the
+        life of the conversation; every further repeat adds one more. Before the watch they were one-off checks."""
+        monkeypatch.setenv("HANDOFF_TOKEN_TTL_SECONDS", "3")
+        event = handoff_event(id=f"repeated-{uuid.uuid4().hex[:8]}")
+        started = time.monotonic()
+        first = initiate(event)
+        assert first.status_code == 201
+        token = body_json(first)["continuationToken"]
+        assert action(invoke(token, service_url=botframework.service_url), jwt=botframework.jwt()).status_code == 200
+        handoff_id = body_json(first)["handoffId"]
+        time.sleep(max(0.0, 1.5 - (time.monotonic() - started)))
+        assert initiate(event).status_code == 200  # the same handoff.initiate, delivered again
+        time.sleep(max(0.0, 3.3 - (time.monotonic() - started)))
+        sweep_once()  # the first expiry row is due: the conversation is open, the row keeps watch
+        time.sleep(max(0.0, 4.8 - (time.monotonic() - started)))
+        sweep_once()  # the repeat's row is due in a later run
+        assert len(due_rows(tables, handoff_id, "expire")) == 1, due_rows(tables, handoff_id, "expire")
