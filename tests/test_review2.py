@@ -123,6 +123,52 @@ class TestRedemption:
         assert say.NO_OPEN_CONVERSATION not in user_saw(botframework), user_saw(botframework)
 
 
+    def test_a_released_redemption_does_not_take_the_delivery_lease_from_the_sweeper_that_holds_it(
+        self, hub_env, botframework, connector, monkeypatch
+    ) -> None:
+        """shared/redeem.py `Redemption._release`: it gives the delivery lease back when `fresh.sender_id ==
+        handoff.sender_id`, where `handoff` is the claimed record, whose `sender_id` is whoever held the lease
+        when the claim committed -- not necessarily this redemption (`stage` takes the lease only when it is
+        free). A redemption whose continuation fails while the sweeper is posting `handoff.requested` (the hub
+        was down at initiate) clears the SWEEPER's lease. The sweeper's final write then meets the 412, re-reads,
+        finds the lease no longer its own and returns without recording the delivery; the user's retry takes the
+        lease and posts `handoff.requested` a second time (and, while the sweeper is still posting, a second
+        sender would run beside it). DESIGN: a delivered event is never sent again, except where the outcome
+        could not be recorded; one sender per handoff."""
+        monkeypatch.setenv("HANDOFF_HUB_RETRY_SECONDS", "1")
+        posting = threading.Event()
+        hub_down = threading.Event()
+        hub_down.set()
+
+        def down_then_slow(request: Recorded) -> Answer:
+            if hub_down.is_set():
+                return Answer(503, {})  # down at initiate: pending, left to the sweeper
+            if request.json()["type"] == "handoff.requested" and not posting.is_set():
+                posting.set()
+                time.sleep(2.5)  # the sweeper's post is slow: the user opens the link meanwhile
+            return Answer(202, {})
+
+        hub_env.route(HUB_PATH, down_then_slow)
+        created = body_json(initiate(handoff_event(id=f"lease-{uuid.uuid4().hex[:8]}")))
+        assert created["hub"]["status"] == "pending"
+        hub_down.clear()
+        time.sleep(1.2)  # the retry is due
+        sweeper = threading.Thread(target=sweep_once)
+        sweeper.start()
+        assert posting.wait(10)
+        connector.route(CONNECTOR_PATH, lambda r: Answer(403, {"error": {"code": "BotDisabledByUser"}}))
+        refused = action(invoke(created["continuationToken"], service_url=botframework.service_url), jwt=botframework.jwt())
+        connector.route(CONNECTOR_PATH, accepted)
+        assert refused.status_code == 502, refused.get_body()  # the continuation was refused: the claim is released
+        sweeper.join(30)
+
+        retried = action(invoke(created["continuationToken"], service_url=botframework.service_url), jwt=botframework.jwt())
+        assert retried.status_code == 200
+        assert user_saw(botframework)[0].startswith("You're continuing")
+        delivered = [e["type"] for e in hub_got(hub_env)]
+        assert delivered.count("handoff.requested") == 1, delivered
+
+
 # --------------------------------------------------------------------------------------------------
 # The sweeper's watch over open conversations (shared/sweeper.py `_expire`)
 
