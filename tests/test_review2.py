@@ -30,6 +30,7 @@ from tests.helpers import (
     body_json,
     connect_user,
     handoff_event,
+    hub_call,
     initiate,
     invoke,
     user_message,
@@ -81,6 +82,40 @@ def make_due_now(tables: Any, handoff_id: str, kind: str) -> None:
     for row_key in due_rows(tables, handoff_id, kind):
         tables.due.delete_entity("due", row_key)
     tables.due.upsert_entity({"PartitionKey": "due", "RowKey": f"20000101T000000Z|{kind}|{handoff_id}"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Hub calls (shared/hubcalls.py)
+
+
+class TestHubCalls:
+    def test_a_repeat_of_an_answered_call_gets_its_stored_answer_while_another_call_is_being_sent(
+        self, live, botframework, connector
+    ) -> None:
+        """shared/hubcalls.py `HubCalls.handle`: a call waits for the call lease (`_wait_for_the_call_before`)
+        before it reaches the repeat check (the create of its key row meeting the existing one). A repeat of a
+        call already answered 200 (the hub lost our answer and retries it) arriving while another call of the
+        handoff is being sent to a slow connector is held up to 5 s and then answered 503 `busy` instead of
+        its stored answer. DESIGN: order of checks "... then the repeat check, then the handoff and its state";
+        "a repeat ... after a 200 or 202 answers the same and sends nothing again"."""
+
+        def slow_for_one(request: Recorded) -> Answer:
+            if (request.json().get("text") or "") == "this one is slow":
+                time.sleep(7)
+            return accepted(request)
+
+        connector.route(CONNECTOR_PATH, slow_for_one)
+        first = hub_call(live, {"type": "message", "text": "first"}, secret=HUB_SECRET, webhook_id="msg_first")
+        assert first.status_code == 200
+        slow = threading.Thread(target=lambda: hub_call(live, {"type": "message", "text": "this one is slow"}, secret=HUB_SECRET))
+        slow.start()
+        time.sleep(0.7)  # the slow call holds the call lease now
+        started = time.monotonic()
+        repeat = hub_call(live, {"type": "message", "text": "first"}, secret=HUB_SECRET, webhook_id="msg_first")
+        elapsed = time.monotonic() - started
+        slow.join(20)
+        assert (repeat.status_code, body_json(repeat)) == (200, body_json(first)), (repeat.status_code, repeat.get_body(), f"{elapsed:.1f} s")
+        assert user_saw(botframework).count("first") == 1
 
 
 # --------------------------------------------------------------------------------------------------
