@@ -288,20 +288,6 @@ class HandoffStore:
         row = self._point_read(handoff_id, key_row, "read an idempotency key")
         return _key_from(row) if row is not None else None
 
-    def find_with_key(self, handoff_id: str, key_row: str) -> tuple[Handoff | None, IdempotencyRecord | None]:
-        """The record and a hub call's idempotency row in ONE request: a query pinned to the handoff's partition
-        naming the two RowKeys (for `typing`, which is never recorded but must still refuse a reused key)."""
-        with storage_call("read a handoff"):
-            rows = list(
-                self._table.query_entities(
-                    "PartitionKey eq @pk and ( RowKey eq @record or RowKey eq @key )",
-                    parameters={"pk": handoff_id, "record": RECORD, "key": key_row},
-                )
-            )
-        record = next((_record_from(row) for row in rows if row["RowKey"] == RECORD), None)
-        key = next((_key_from(row) for row in rows if row["RowKey"] == key_row), None)
-        return record, key
-
     def _point_read(self, partition: str, row_key: str, what: str, *, select: list[str] | None = None) -> Any:
         """One entity, or None on the normal miss; an outage is a 503 (`storage_call`)."""
         from azure.core.exceptions import ResourceNotFoundError

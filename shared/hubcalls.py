@@ -70,9 +70,8 @@ class HubCalls:
         if not is_handoff_id(handoff_id):  # never a table key from raw input
             _gone()
         if event.type is HubEventType.TYPING:
-            handoff, key = self._handoffs.find_with_key(handoff_id, key_row)
-            if handoff is None:
-                _gone()
+            handoff = self._handoffs.find(handoff_id) or _gone()
+            key = self._handoffs.find_key(handoff_id, key_row)  # never recorded, but a reused key is still refused
             if key is not None and key.body_sha256 != body_sha:
                 raise _reused()
             return self._typing(handoff, deadline=deadline, now=now)
@@ -91,6 +90,10 @@ class HubCalls:
                 raise refusal
             activities = self._activities(handoff, event) if handoff.connected else []
             if handoff.connected and _call_in_flight(handoff, utcnow()):
+                # The repeat check comes first: a call answered before is answered now, not after another's wait.
+                repeat = self._answer_repeat(handoff, key_row, body_sha, now=now)
+                if repeat is not None:
+                    return repeat
                 handoff = self._wait_for_the_call_before(handoff, deadline=deadline)
                 continue  # look again at what the earlier call left (it may have ended the handoff)
             call_id = secrets.token_hex(8)

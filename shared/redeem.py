@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 from shared import teams as say
 from shared.errors import HandoffError, ServiceUnavailable
-from shared.handoffs import CONFLICT_ATTEMPTS, CLAIM, Handoff, OutcomeUnknown, RowExists, Stale, StoredEvent, claim_entity, contention_pause, event_entity, event_row_key
+from shared.handoffs import CONFLICT_ATTEMPTS, CLAIM, Handoff, OutcomeUnknown, RowExists, Stale, claim_entity, contention_pause, event_entity, event_row_key
 from shared.logsafe import clean
-from shared.outbox import Draft, stage
+from shared.outbox import Draft, Staged, stage
 from shared.teams import conversation_of, end_chat_card
 from shared.tokens import parse
 from shared.vocabulary import EndReason, EventType, RedemptionOutcome, State
@@ -75,12 +75,18 @@ class Redemption:
             if attempt:
                 contention_pause(attempt)
             outcome = _check(handoff if known else None, activity, teams, now=now)
+            if outcome is RedemptionOutcome.ALREADY_CONNECTED and handoff is not None and handoff.connecting:
+                # A stale claim of this user in this chat: only if the chat was linked to it did the continuation
+                # (sent after the link) possibly go out. Never linked: nothing was sent, so the user takes it over.
+                link = self._links.find(teams.conversation_id)
+                if link is None or link.handoff_id != handoff.handoff_id:
+                    outcome = RedemptionOutcome.REDEEMED
             if outcome is not RedemptionOutcome.REDEEMED:
                 break
             assert handoff is not None
-            claimed, handoff, staged_events = self._claim(handoff, activity, teams, now=now)
+            claimed, handoff, staged = self._claim(handoff, activity, teams, now=now)
             if claimed is not None:
-                self._continue(handoff, claimed, staged_events, activity, teams, deadline=deadline, now=now)
+                self._continue(handoff, claimed, staged, activity, teams, deadline=deadline, now=now)
                 break
             if handoff is None:
                 outcome = RedemptionOutcome.UNKNOWN
@@ -104,9 +110,9 @@ class Redemption:
 
     def _claim(
         self, handoff: Handoff, activity: Activity, teams: TeamsConversation, *, now: datetime
-    ) -> tuple[str | None, Handoff | None, tuple[StoredEvent, ...]]:
-        """(claim id, claimed record, staged events) when this request won; (None, fresh record, ()) when it must
-        look again."""
+    ) -> tuple[str | None, Handoff | None, Staged | None]:
+        """(claim id, claimed record, what it staged) when this request won; (None, fresh record, None) when it must
+        look again. `Staged.sender_id` is this redemption's own delivery lease, if it took it."""
         claim_id = secrets.token_hex(16)
         connected_fields = {
             "user": {k: teams.user[k] for k in ("id", "aadObjectId", "name") if k in teams.user},
@@ -117,24 +123,29 @@ class Redemption:
         staged = stage(
             handoff, updated, [Draft(EventType.CONNECTED, connected_fields)], now=now, hub_configured=self._outbox.hub_configured
         )
+        redemption = claim_entity(handoff.handoff_id, claim_id, now)
+        taking_over = handoff.claim_id is not None  # a stale claim that never linked the chat: If-Match decides
         try:
             committed = self._handoffs.commit(
-                handoff, staged.updated, create=[claim_entity(handoff.handoff_id, claim_id, now), *staged.rows]
+                handoff,
+                staged.updated,
+                create=staged.rows if taking_over else [redemption, *staged.rows],
+                upsert=[redemption] if taking_over else (),
             )
         except (Stale, RowExists, OutcomeUnknown) as exc:
             # Lost to a concurrent change, or the answer was lost: the record says who holds the claim now.
             fresh = self._handoffs.find(handoff.handoff_id)
             if fresh is not None and fresh.claim_id == claim_id:
                 log.info("redemption of handoffId=%s landed although its answer was lost (%s)", handoff.handoff_id, type(exc).__name__)
-                return claim_id, fresh, staged.events
-            return None, fresh, ()
-        return claim_id, committed, staged.events
+                return claim_id, fresh, staged
+            return None, fresh, None
+        return claim_id, committed, staged
 
     def _continue(
         self,
         handoff: Handoff,
         claim_id: str,
-        events: tuple[StoredEvent, ...],
+        staged: Staged,
         activity: Activity,
         teams: TeamsConversation,
         *,
@@ -148,7 +159,7 @@ class Redemption:
             link, previous, created_link = self._link(teams.conversation_id, handoff.handoff_id)
             self._chat.send(teams, _continuation_messages(handoff, teams, reply_to=activity.id), deadline)
         except Exception:  # whatever failed, the user's retry must work: put everything back
-            self._release(handoff, claim_id, events, link, previous, created_link)
+            self._release(handoff, claim_id, staged, link, previous, created_link)
             log.warning(
                 "handoff continuation failed, redemption released: handoffId=%s conversationId=%s",
                 handoff.handoff_id, clean(teams.conversation_id),
@@ -156,7 +167,7 @@ class Redemption:
             raise
         if previous is not None:
             self._supersede(previous, deadline=deadline, now=now)
-        self._connect(handoff, events, deadline=deadline, now=now)
+        self._connect(handoff, staged, deadline=deadline, now=now)
 
     def _link(self, conversation_id: str, handoff_id: str) -> tuple[Link, str | None, bool]:
         """(link, handoff it took the chat from, whether we created it)."""
@@ -177,25 +188,26 @@ class Redemption:
                 continue
         raise ServiceUnavailable("The conversation is changing right now; retry shortly.", code="busy", retry_after=1)
 
-    def _connect(self, handoff: Handoff, events: tuple[StoredEvent, ...], *, deadline: Deadline, now: datetime) -> None:
+    def _connect(self, handoff: Handoff, staged: Staged, *, deadline: Deadline, now: datetime) -> None:
         """Post handoff.connected (when this request holds the delivery lease) and record `connected`, one write.
 
         The user has the continuation by now: a storage failure here is logged, not answered with a 503 (a retry
         would send the continuation again). The record then stays `connecting`, which hub calls and the relay
         treat as connected after `STALE_CLAIM`; the undelivered event waits for the next sender or the sweeper."""
         try:
-            self._record_connected(handoff, events, deadline=deadline, now=now)
+            self._record_connected(handoff, staged, deadline=deadline, now=now)
         except HandoffError as exc:
             log.warning("handoffId=%s: the continuation went out but could not be recorded (%s)", handoff.handoff_id, exc.code)
 
-    def _record_connected(self, handoff: Handoff, events: tuple[StoredEvent, ...], *, deadline: Deadline, now: datetime) -> None:
+    def _record_connected(self, handoff: Handoff, staged: Staged, *, deadline: Deadline, now: datetime) -> None:
         current = handoff
         for attempt in range(_ATTEMPTS):
             if attempt:
                 contention_pause(attempt)
-            if current.sender_id is not None and current.sender_until is not None and current.sender_until > now and current.unsettled:
+            ours = staged.sender_id is not None and current.sender_id == staged.sender_id
+            if ours and current.sender_until is not None and current.sender_until > now and current.unsettled:
                 result = self._outbox.drain(
-                    current, current.sender_id, deadline=deadline, now=now, known=events, also={"connected": True}
+                    current, current.sender_id, deadline=deadline, now=now, known=staged.events, also={"connected": True}
                 )
                 if result.handoff is not None:
                     return
@@ -228,7 +240,7 @@ class Redemption:
             log.warning("could not end the superseded handoffId=%s; it no longer owns the chat", handoff_id)
 
     def _release(
-        self, handoff: Handoff, claim_id: str, events: tuple[StoredEvent, ...], link: Link | None, previous: str | None, created_link: bool
+        self, handoff: Handoff, claim_id: str, staged: Staged, link: Link | None, previous: str | None, created_link: bool
     ) -> None:
         """Undo a claim whose continuation could not be sent: the link, then the record, the claim row and our
         `handoff.connected` (deleted if it is still the last event, else marked failed so that it is skipped)."""
@@ -245,12 +257,12 @@ class Redemption:
                 if fresh is None or fresh.claim_id != claim_id:
                     return
                 reverted = replace(fresh, claim_id=None, claimed_at=None, teams=None)
-                if fresh.sender_id is not None and fresh.sender_id == handoff.sender_id:
+                if staged.sender_id is not None and fresh.sender_id == staged.sender_id:  # only our own lease
                     reverted = replace(reverted, sender_id=None, sender_until=None)
                 deletes: list[tuple[str, str | None]] = [(CLAIM, None)]
                 upserts = []
-                for event in events:
-                    if event.seq == fresh.next_seq - 1 and len(events) == 1:
+                for event in staged.events:
+                    if event.seq == fresh.next_seq - 1 and len(staged.events) == 1:
                         reverted = replace(reverted, next_seq=event.seq)
                         deletes.append((event_row_key(event.seq), None))
                     else:  # something was staged behind it meanwhile: never send it, never leave a gap

@@ -7,9 +7,10 @@ run's cost grows with the work due. Each row names a handoff and a kind:
 - `deliver`: the handoff owes the hub events and their retry is due: `Outbox.resume` takes the delivery lease
   (one conditional write) and posts them in `seq` order, with the outbox's backoff and give-up;
 - `expire`: its links expire now: a handoff never redeemed ends as `expired` (one conditional batch that also
-  stages `handoff.ended`, then delivered like any event); for a redeemed one that is still open the row keeps
-  watch every WATCH_INTERVAL until it ends, resuming events nobody is delivering (a request whose instance
-  died holding the delivery lease, or whose last write failed, left no retry row);
+  stages `handoff.ended`, then delivered like any event); for a redeemed one the row keeps watch (10, 30, 70,
+  ... minutes after creation, `watch_time`) until it has ended and owes the hub nothing, resuming events nobody
+  is delivering (a request whose instance died holding the delivery lease, or whose last write failed, left no
+  retry row);
 - `purge`: its retention may be over: if `last activity + HANDOFF_RETENTION_DAYS` has passed, the chat's link is
   deleted if it still names the handoff, then every row of its partition (the record first, with If-Match, so no
   concurrent writer can bring it back); otherwise the check moves to the new due time.
@@ -57,7 +58,20 @@ log = logging.getLogger(__name__)
 RUN_SECONDS = 25.0  # the contract: a run stops within 25 s
 WORK_SECONDS = 20.0  # no post or new item after this: the rest of RUN_SECONDS is for the last writes
 MIN_SECONDS_FOR_AN_ITEM = 1.0
-WATCH_INTERVAL = timedelta(minutes=10)  # how often an open conversation's expiry row looks for stranded events
+WATCH_FIRST = timedelta(minutes=10)  # an open conversation's expiry row looks for stranded events 10, 30, 70, ... min in
+
+
+def watch_time(handoff: Handoff, now: datetime) -> datetime:
+    """The next look of a handoff's watch: created_at + WATCH_FIRST x (2^k - 1), the first such time after now.
+
+    Doubling keeps the cost of watching a long conversation small (about a dozen looks in a month), and the
+    times depend only on the handoff, so duplicate watch rows (a repeated initiate's expiry row, two sweeps a
+    second apart) land on the same index row and merge."""
+    step, at = WATCH_FIRST, handoff.created_at + WATCH_FIRST
+    while at <= now:
+        step *= 2
+        at += step
+    return at
 HUB_DOWN_AFTER = 2  # handoffs in a row left pending by the hub: stop probing it in this run
 _ATTEMPTS = 4  # conditional writes lost to concurrent changes, per item
 
@@ -235,19 +249,24 @@ class Sweeper:
     def _expire(self, item: Due, handoff: Handoff | None, counts: SweepCounts, *, now: datetime, deadline: Deadline) -> Handled:
         handoffs, outbox = self.tools.handoffs, self.tools.outbox
         for _ in range(_ATTEMPTS):
-            if handoff is None or handoff.ended:
+            if handoff is None:
                 return Handled.DONE
+            if handoff.ended:
+                # Ended, but perhaps still owing the hub its last events (`handoff.ended` itself, most often): keep
+                # watching until they are delivered or given up, then stop.
+                if not (outbox.hub_configured and handoff.unsettled):
+                    return Handled.DONE
+                self._resume_stranded(handoff, counts, now=now, deadline=deadline)
+                return self._later(item, watch_time(handoff, now))
             if handoff.claim_id is not None:
                 if not handoff.connected and handoff.claimed_at is not None and handoff.claimed_at + STALE_CLAIM > now:
                     # a redemption is connecting right now: if it fails it releases the claim; look again then
                     return self._later(item, handoff.claimed_at + STALE_CLAIM)
                 # Redeemed and open: the row keeps watch while the conversation lasts, so that events a request
                 # could not hand on (its instance died holding the lease, or storage failed at its last write,
-                # and so no retry row exists) wait at most WATCH_INTERVAL, never for ever.
-                if outbox.hub_configured and handoff.unsettled and lease_free(handoff, now) and retry_due(handoff, now) and not self._hub_down:
-                    result = outbox.resume(handoff, deadline=deadline, now=now, limit=self._batch - counts.items)
-                    self._after_drain(None, result, counts, now=now)
-                return self._later(item, now + WATCH_INTERVAL)
+                # and so no retry row exists) are found at its next look, never left for ever.
+                self._resume_stranded(handoff, counts, now=now, deadline=deadline)
+                return self._later(item, watch_time(handoff, now))
             if handoff.expires_at > now:
                 return self._later(item, handoff.expires_at)
             staged = stage(
@@ -278,6 +297,12 @@ class Sweeper:
             return Handled.DONE
         log.warning("sweep: handoffId=%s kept changing while it was being expired; it stays due", item.handoff_id)
         return Handled.KEEP
+
+    def _resume_stranded(self, handoff: Handoff, counts: SweepCounts, *, now: datetime, deadline: Deadline) -> None:
+        outbox = self.tools.outbox
+        if outbox.hub_configured and handoff.unsettled and lease_free(handoff, now) and retry_due(handoff, now) and not self._hub_down:
+            result = outbox.resume(handoff, deadline=deadline, now=now, limit=self._batch - counts.items)
+            self._after_drain(None, result, counts, now=now)
 
     # ---- purge
 

@@ -421,9 +421,9 @@ class TestStorageBudgets:
         assert relay["read"] <= 2 and relay["write"] <= 2, relay
         assert to_user["read"] <= 1 and to_user["write"] <= 2, to_user
         assert status["read"] <= 1 and status["write"] <= 2, status
-        # typing is never recorded: one request, the record and the call's key row in one query pinned to the
-        # handoff's partition by RowKey (so that a reused webhook-id is still refused)
-        assert typing == {"read": 0, "query": 1, "write": 0, "table": 0, "scan": 0}
+        # typing is never recorded: no write; two point reads (the record, and the call's key row, so that a
+        # reused webhook-id is still refused), never a query
+        assert typing == {"read": 2, "query": 0, "write": 0, "table": 0, "scan": 0}
         assert [e["type"] for e in hub_events(hub_env, HUB_PATH)][-2:] == ["handoff.connected", "handoff.message"]
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -247,30 +247,35 @@ class TestWatch:
         assert [e.get("reason") for e in ended] == ["user_ended"], hub_got(hub_env)
 
     def test_an_idle_sweep_costs_at_most_three_requests_however_many_conversations_are_open(
-        self, hub_env, botframework, storage_counter: StorageCounter, monkeypatch
+        self, hub_env, botframework, tables, storage_counter: StorageCounter, monkeypatch
     ) -> None:
-        """shared/sweeper.py `Sweeper._expire` (the watch): every redeemed, open handoff's expiry row is re-added
-        every WATCH_INTERVAL for as long as the conversation lasts, and each look costs a point read, an upsert
-        and a delete, even when nothing is owed to the hub (and even with no hub configured at all). An idle
-        sweep then costs 1 + 3 x (open conversations / 10 minutes' worth of runs): with 10,000 open
-        conversations about 3,000 requests a minute with nothing to do, more than a run can make in its 20 s,
-        so the backlog grows and the rows due behind it (retries, expiries, purges) wait. DESIGN: "a run with
-        nothing due and nothing to purge costs at most 3 storage requests however many handoffs are stored, and
-        a run's cost grows with the work due, not with the table". Here three open conversations, everything
-        delivered, nothing expiring or to purge; the watch interval is shortened to 2 s to model its passing."""
+        """The watch over open conversations (the redeemed handoffs' expiry rows) must not make idle sweeps cost
+        more with every open conversation. Fixed since: a watch looks 10, 30, 70, ... minutes after creation
+        (`watch_time`: doubling, so a month-long conversation costs about a dozen looks), and between looks a
+        sweep with nothing due costs one request whatever is open. Three open conversations past their links'
+        expiry: one watch row each, on the doubling grid; the next sweep with nothing due costs <= 3 requests."""
+        from shared.sweeper import WATCH_FIRST
+
         monkeypatch.setenv("HANDOFF_TOKEN_TTL_SECONDS", "6")
-        monkeypatch.setattr("shared.sweeper.WATCH_INTERVAL", timedelta(seconds=2))
         started = time.monotonic()
-        for number in range(3):
+        handoffs = [
             connect_user(botframework, event=handoff_event(id=f"open-{number}-{uuid.uuid4().hex[:6]}"), conversation_id=f"a:open-chat-{number}")
+            for number in range(3)
+        ]
         assert time.monotonic() - started < 6, "the links expired before they were opened: rerun on a less loaded machine"
         time.sleep(max(0.0, 6.5 - (time.monotonic() - started)))
-        sweep_once()  # the links' expiry: redeemed, nothing to do (from here on the rows keep watch)
+        sweep_once()  # the links' expiry: redeemed, nothing owed: from here on each row keeps watch
         assert all(e["type"] in ("handoff.requested", "handoff.connected") for e in hub_got(hub_env))
+        watches = [row["RowKey"] for row in tables.due.query_entities("PartitionKey eq 'due'") if "|expire|" in row["RowKey"]]
+        assert sorted(key.rsplit("|", 1)[1] for key in watches) == sorted(handoffs)  # one watch each, no pile-up
+        from shared.schedule import Due
 
-        time.sleep(2.2)
+        for key in watches:
+            due = Due.from_row_key(key)
+            assert due is not None and WATCH_FIRST - timedelta(seconds=20) <= due.at - datetime.now(timezone.utc) <= WATCH_FIRST
+
         storage_counter.reset()
-        sweep_once()  # nothing owed to the hub, nothing expiring, nothing to purge
+        sweep_once()  # nothing owed to the hub, nothing expiring, nothing to purge, no watch due
         counts = storage_counter.counts()
         assert counts["read"] + counts["query"] + counts["write"] <= 3, counts
 
