@@ -308,20 +308,14 @@ class HandoffStore:
     def finish_key(self, handoff_id: str, key_row: str, record: IdempotencyRecord) -> None:
         """Store a hub call's answer in the idempotency row its batch created: one replace, only while the row
         exists (If-Match *), so that a purge in between is not undone. `Stale` when the row is gone."""
-        from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceRequestError
+        from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        with storage_call("store an idempotency key"):
+        with storage_call("store an idempotency key"), answer_may_be_lost(handoff_id):
             try:
                 self._table.update_entity(key_entity(handoff_id, key_row, record), mode=UpdateMode.REPLACE)
             except ResourceNotFoundError as exc:
                 raise Stale(handoff_id) from exc
-            except ServiceRequestError:
-                raise
-            except AzureError as exc:
-                if _answer_lost(exc):
-                    raise OutcomeUnknown(handoff_id) from exc
-                raise
 
     def delete_key(self, handoff_id: str, key_row: str, etag: str | None) -> None:
         """Drop an idempotency row left in progress by an instance that died (If-Match: only the row we read)."""
@@ -395,7 +389,7 @@ class HandoffStore:
                 operations.append(("delete", row, {"etag": etag, "match_condition": MatchConditions.IfNotModified}))
             else:
                 operations.append(("delete", row))
-        with storage_call("change a handoff"), _answer_may_be_lost(current.handoff_id):
+        with storage_call("change a handoff"), answer_may_be_lost(current.handoff_id):
             try:
                 results = self._table.submit_transaction(operations)
             except TableTransactionError as exc:
@@ -415,7 +409,7 @@ class HandoffStore:
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        with storage_call("change a handoff"), _answer_may_be_lost(current.handoff_id):
+        with storage_call("change a handoff"), answer_may_be_lost(current.handoff_id):
             try:
                 meta = self._table.update_entity(
                     patch, mode=UpdateMode.MERGE, etag=current.etag, match_condition=MatchConditions.IfNotModified
@@ -470,7 +464,7 @@ class HandoffStore:
 
 
 @contextmanager
-def _answer_may_be_lost(handoff_id: str) -> Iterator[None]:
+def answer_may_be_lost(handoff_id: str) -> Iterator[None]:
     """A write whose request went out but whose answer was lost (timeout, dropped connection) may have landed:
     `OutcomeUnknown`, for the caller to settle by reading back. One never sent is an outage like any other."""
     from azure.core.exceptions import AzureError, ServiceRequestError

@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shared.handoffs import OutcomeUnknown, Stale, _answer_lost
+from shared.handoffs import Stale, answer_may_be_lost
 from shared.storage import NO_CONTENT, storage_call
 
 if TYPE_CHECKING:
@@ -48,9 +48,9 @@ class LinkStore:
 
     def create_if_new(self, teams_conversation_id: str, handoff_id: str) -> Link | None:
         """Link a chat that had no handoff yet. None: the chat is linked already (read it, then `replace`)."""
-        from azure.core.exceptions import AzureError, ResourceExistsError
+        from azure.core.exceptions import ResourceExistsError
 
-        with storage_call("link a conversation"):
+        with storage_call("link a conversation"), answer_may_be_lost(handoff_id):
             try:
                 meta = self._table.create_entity(
                     {"PartitionKey": link_key(teams_conversation_id), "RowKey": _ROW, "handoffId": handoff_id},
@@ -58,10 +58,6 @@ class LinkStore:
                 )
             except ResourceExistsError:
                 return None
-            except AzureError as exc:
-                if _answer_lost(exc):
-                    raise OutcomeUnknown(handoff_id) from exc
-                raise
         return Link(teams_conversation_id, handoff_id, meta.get("etag"))
 
     def replace(self, link: Link, handoff_id: str) -> Link:
