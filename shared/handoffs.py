@@ -257,7 +257,7 @@ class HandoffStore:
                 code="transcript_too_large",
             )
         operations.append(("create", _token_entity(handoff, token_key)))
-        operations.append(("create", _event_entity(first_event)))
+        operations.append(("create", event_entity(first_event)))
         with storage_call("record a handoff"):
             try:
                 results = self._table.submit_transaction(operations)
@@ -279,10 +279,6 @@ class HandoffStore:
 
     def has_token(self, handoff_id: str, token_key: str) -> bool:
         return self._point_read(handoff_id, token_key, "look up a continuation token", select=["PartitionKey"]) is not None
-
-    def find_claim_id(self, handoff_id: str) -> str | None:
-        row = self._point_read(handoff_id, CLAIM, "read a redemption")
-        return row.get("claimId") if row is not None else None
 
     def find_key(self, handoff_id: str, key_row: str) -> IdempotencyRecord | None:
         row = self._point_read(handoff_id, key_row, "read an idempotency key")
@@ -490,10 +486,6 @@ def _answer_lost(exc: Exception) -> bool:
 # Rows
 
 
-def event_entity(event: StoredEvent) -> dict[str, Any]:
-    return _event_entity(event)
-
-
 def teams_message_entity(handoff_id: str, message_id: str, seq: int) -> dict[str, Any]:
     return {"PartitionKey": handoff_id, "RowKey": hashed_key(TEAMS_PREFIX, message_id), "seq": seq}
 
@@ -517,7 +509,7 @@ def claim_entity(handoff_id: str, claim_id: str, at: datetime) -> dict[str, Any]
     return {"PartitionKey": handoff_id, "RowKey": CLAIM, "claimId": claim_id, "claimedAt": to_iso(at)}
 
 
-def _event_entity(event: StoredEvent) -> dict[str, Any]:
+def event_entity(event: StoredEvent) -> dict[str, Any]:
     return {
         "PartitionKey": event.handoff_id,
         "RowKey": event_row_key(event.seq),
@@ -583,8 +575,12 @@ def _opt_in(value: Any) -> Any:
     return None if value in (None, _NONE) else value
 
 
-def _int_opt_in(value: Any) -> int | None:
-    return None if value in (None, _NONE) else int(value)
+def _count_out(value: int | None) -> int:
+    return -1 if value is None else value  # an int column either way: -1 stands for "not known"
+
+
+def _count_in(value: Any) -> int | None:
+    return None if value in (None, -1) else int(value)
 
 
 _COLUMNS: dict[str, tuple[str, Any, Any]] = {
@@ -602,8 +598,8 @@ _COLUMNS: dict[str, tuple[str, Any, Any]] = {
     "claimed_at": ("claimedAt", _dt_out, _dt_in),
     "connected": ("connected", bool, bool),
     "teams": ("teams", _json_out, lambda v: TeamsConversation(**json.loads(v)) if v else None),
-    "queue_position": ("queuePosition", lambda v: -1 if v is None else v, lambda v: None if v in (None, -1) else int(v)),
-    "wait_seconds": ("waitSeconds", lambda v: -1 if v is None else v, lambda v: None if v in (None, -1) else int(v)),
+    "queue_position": ("queuePosition", _count_out, _count_in),
+    "wait_seconds": ("waitSeconds", _count_out, _count_in),
     "agent_name": ("agentName", _opt, _opt_in),
     "last_activity_at": ("lastActivityAt", _dt_out, _dt_in),
     "next_seq": ("nextSeq", int, int),
