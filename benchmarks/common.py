@@ -1,4 +1,4 @@
-"""What every figure shares: a result row, interleaved timing, percentiles, threaded runs."""
+"""What every figure shares: a result row, interleaved timing, percentiles, threaded runs, the app's settings."""
 
 from __future__ import annotations
 
@@ -71,3 +71,18 @@ def run_for(func: Callable[[int], None], *, threads: int, seconds: float) -> int
     for w in workers:
         w.join()
     return sum(counts)
+
+
+def app_settings(bot: Any, *, hub_url: str, hub_secret: str) -> dict[str, str]:
+    """The settings that point the app at the loopback Bot Framework (`devtools.botframework.BotFramework`) and hub."""
+    from devtools.botframework import APP_ID, APP_PASSWORD
+
+    return {
+        "MicrosoftAppId": APP_ID,
+        "MicrosoftAppPassword": APP_PASSWORD,
+        "BOT_OPENID_METADATA_URL": bot.metadata_url,
+        "BOT_TOKEN_URL": bot.token_url,
+        "HANDOFF_ALLOWED_SERVICE_URL_HOSTS": "127.0.0.1",
+        "HANDOFF_HUB_URL": hub_url,
+        "HANDOFF_HUB_SECRET": hub_secret,
+    }

@@ -32,8 +32,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Row, interleave, latency_rows, ms, run_for
-from devtools.botframework import APP_ID, APP_PASSWORD, CONNECTOR_PATH, BotFramework
+from benchmarks.common import Row, app_settings, interleave, latency_rows, ms, run_for
+from devtools.botframework import CONNECTOR_PATH, BotFramework
 from devtools.loopback import Answer, Azurite, LoopbackServer
 from devtools.payloads import transcript_activities
 
@@ -64,13 +64,7 @@ class Environment:
             {
                 "HANDOFF_STORAGE_CONNECTION": self.azurite.connection_string,
                 "HANDOFF_TABLE_PREFIX": self.prefix,
-                "MicrosoftAppId": APP_ID,
-                "MicrosoftAppPassword": APP_PASSWORD,
-                "BOT_OPENID_METADATA_URL": self.bot.metadata_url,
-                "BOT_TOKEN_URL": self.bot.token_url,
-                "HANDOFF_ALLOWED_SERVICE_URL_HOSTS": "127.0.0.1",
-                "HANDOFF_HUB_URL": self.hub.url + HUB_PATH,
-                "HANDOFF_HUB_SECRET": self.secret,
+                **app_settings(self.bot, hub_url=self.hub.url + HUB_PATH, hub_secret=self.secret),
             }
         )
         import httpx

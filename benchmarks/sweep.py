@@ -30,7 +30,8 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from devtools.botframework import APP_ID, APP_PASSWORD, BotFramework  # noqa: E402
+from benchmarks.common import app_settings  # noqa: E402
+from devtools.botframework import BotFramework  # noqa: E402
 from devtools.loopback import Answer, Azurite, LoopbackServer  # noqa: E402
 from devtools.storagecount import StorageCounter  # noqa: E402
 
@@ -47,13 +48,7 @@ class Bench:
         self.hub.route(HUB_PATH, lambda request: Answer(202, {}))
         os.environ.update(
             {
-                "MicrosoftAppId": APP_ID,
-                "MicrosoftAppPassword": APP_PASSWORD,
-                "BOT_OPENID_METADATA_URL": self.bot.metadata_url,
-                "BOT_TOKEN_URL": self.bot.token_url,
-                "HANDOFF_ALLOWED_SERVICE_URL_HOSTS": "127.0.0.1",
-                "HANDOFF_HUB_URL": self.hub.url + HUB_PATH,
-                "HANDOFF_HUB_SECRET": SECRET,
+                **app_settings(self.bot, hub_url=self.hub.url + HUB_PATH, hub_secret=SECRET),
                 "HANDOFF_SWEEP_BATCH": "100000",  # the batch never cuts a run short here: time does, if anything
             }
         )
