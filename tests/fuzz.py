@@ -65,13 +65,18 @@ garbage_retry_after = st.one_of(
 )
 
 
-def with_number(document: Any, path: list[Any], number: str) -> bytes:
-    """`document` as JSON bytes with the raw number text `number` put at `path` (a JSON number, not a string)."""
-    marker = "__NUMBER_MARKER__"
+def put_at(document: Any, path: list[Any], value: Any) -> None:
+    """Replace (or add) the value at `path` (keys and list indexes) inside `document`, in place."""
     target = document
     for key in path[:-1]:
         target = target[key]
-    target[path[-1]] = marker
+    target[path[-1]] = value
+
+
+def with_number(document: Any, path: list[Any], number: str) -> bytes:
+    """`document` as JSON bytes with the raw number text `number` put at `path` (a JSON number, not a string)."""
+    marker = "__NUMBER_MARKER__"
+    put_at(document, path, marker)
     return json.dumps(document).replace(f'"{marker}"', number).encode()
 
 

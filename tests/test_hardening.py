@@ -603,11 +603,7 @@ def fuzz_action(data: st.DataObject, botframework: BotFramework) -> None:
     elif kind == "number":
         body = fuzz.with_number(activity, data.draw(st.sampled_from(fuzz.paths(activity))), data.draw(st.sampled_from(fuzz.NON_FINITE + fuzz.LARGE_BUT_FINITE)))
     elif kind == "control":
-        path = data.draw(st.sampled_from(fuzz.paths(activity)))
-        target = activity
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = data.draw(fuzz.odd_text)
+        fuzz.put_at(activity, data.draw(st.sampled_from(fuzz.paths(activity))), data.draw(fuzz.odd_text))
     else:
         headers["Content-Length"] = data.draw(fuzz.garbage_content_length)
         if data.draw(st.booleans()):
@@ -624,11 +620,7 @@ def fuzz_initiate(data: st.DataObject) -> None:
     if kind == "number":
         body = fuzz.with_number(document, data.draw(st.sampled_from(fuzz.paths(document))), data.draw(st.sampled_from(fuzz.NON_FINITE + fuzz.LARGE_BUT_FINITE)))
     elif kind == "control":
-        path = data.draw(st.sampled_from(fuzz.paths(document)))
-        target = document
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = data.draw(fuzz.odd_text)
+        fuzz.put_at(document, data.draw(st.sampled_from(fuzz.paths(document))), data.draw(fuzz.odd_text))
     elif kind == "ids":
         event = document["activities"][0]
         event["id"] = data.draw(fuzz.odd_ids)
