@@ -20,7 +20,7 @@ from shared.activities import end_chat_of
 from shared.errors import HandoffError, ServiceUnavailable
 from shared.handoffs import CONFLICT_ATTEMPTS, TEAMS_PREFIX, contention_pause, Handoff, OutcomeUnknown, RowExists, Stale, teams_message_entity
 from shared.logsafe import clean
-from shared.outbox import Draft, stage
+from shared.outbox import Draft, Staged, stage
 from shared.redeem import STALE_CLAIM, end_handoff, is_personal
 from shared.teams import conversation_of
 from shared.timeutil import to_iso
@@ -156,7 +156,7 @@ class Relay:
                 continue
             except OutcomeUnknown:
                 fresh = self._handoffs.find(current.handoff_id)
-                if fresh is None or fresh.next_seq < staged.updated.next_seq or not self._landed(fresh, staged, message_id):
+                if fresh is None or fresh.next_seq < staged.updated.next_seq or not self._landed(fresh, staged):
                     current = fresh
                     continue
                 committed = fresh
@@ -166,7 +166,8 @@ class Relay:
             return True
         raise ServiceUnavailable("The conversation is busy; nothing was lost, retry shortly.", code="busy", retry_after=1)
 
-    def _landed(self, fresh: Handoff, staged: Any, message_id: str | None) -> bool:
+    def _landed(self, fresh: Handoff, staged: Staged) -> bool:
+        """Whether our staged event is the one stored at its seq (our batch landed although its answer was lost)."""
         events = self._handoffs.events(fresh.handoff_id, staged.events[0].seq, staged.events[0].seq)
         return bool(events) and events[0].payload == staged.events[0].payload
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from shared.relay import Relay
     from shared.hubcalls import HubCalls
     from shared.schedule import Schedule
+    from shared.outbound import Deadline
     from shared.settings import Settings
     from shared.teams import TeamsChat
 
@@ -123,8 +124,6 @@ def _messages_lost_notice(chat: TeamsChat):
 
     from shared import teams as say
     from shared.errors import HandoffError
-    from shared.outbound import Deadline  # noqa: F401 (annotation)
-
     def tell(handoff, deadline: Deadline) -> bool:
         if handoff.teams is None or not handoff.connected or deadline.remaining() < 1.5:
             return False  # the answer's time budget comes first: with no time left the notice is skipped
